@@ -1,0 +1,76 @@
+"""The ``breastseg`` command: a thin face over the library.
+
+Each subcommand lives in its own module of this package and exposes ``add_parser(subparsers)``, which
+registers its arguments and sets ``handler`` to a function ``(args, progress) -> exit code``.
+Exit codes: 0 ok, 2 bad input or usage (:class:`InputError`), 1 internal error, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import InputError
+from ..progress import Cancelled
+from .console import make_progress
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+log = logging.getLogger("breastseg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="breastseg",
+        description="Breast region and lesion segmentation for breast DCE-MRI.",
+        epilog="Run 'breastseg COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "jsonl", "none"),
+        default="bar",
+        help="progress on standard error: a bar (default), one JSON object per line (for other programs), or none",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``breastseg`` with ``argv``; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    progress, close_progress = make_progress(args.progress)
+    try:
+        return int(args.handler(args, progress) or 0)
+    except InputError as error:
+        print(f"breastseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print(f"breastseg {args.command}: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"breastseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: keep the traceback for the report
+        log.exception("internal error in 'breastseg %s'", args.command)
+        return 1
+    finally:
+        close_progress()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

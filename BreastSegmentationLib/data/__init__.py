@@ -1,0 +1,1 @@
+"""Data: the synthetic DCE-MRI phantom, datasets and importers, preprocessing and crops."""

@@ -1,0 +1,1 @@
+"""Evaluation: segmentation metrics, lesion tables and carbon footprint."""

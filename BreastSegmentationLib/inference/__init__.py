@@ -1,0 +1,1 @@
+"""Inference: the BRS -> lesion pipeline, post-processing and runtime."""

@@ -1,0 +1,1 @@
+"""Models: architectures by name, model cards and weights."""

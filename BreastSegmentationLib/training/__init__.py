@@ -1,0 +1,1 @@
+"""Training: losses, the trainer with cross-validation, active learning and experiments."""
