@@ -1,0 +1,68 @@
+"""Post-processing of predicted masks with SimpleITK filters.
+
+Breast masks: holes filled and small islands removed (keeping the one or two breast-sized components, so
+a small false blob over the heart or in the air disappears). Lesion masks: 26-connected components below a
+minimum volume and components lying mostly outside the breast are dropped, the rest labelled 1..N by
+decreasing volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class LesionCleaning:
+    """Rules applied to thresholded lesion predictions."""
+
+    min_volume_mm3: float = 10.0
+    min_fraction_in_breast: float = 0.5
+
+
+def _voxel_volume_mm3(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing()))
+
+
+def _components_by_size(mask: sitk.Image) -> tuple[sitk.Image, sitk.LabelShapeStatisticsImageFilter]:
+    """26-connected components relabelled 1..N by decreasing size, and their shape statistics."""
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(labels)
+    return labels, statistics
+
+
+def clean_breast_mask(mask: sitk.Image, keep_fraction: float = 0.1, max_components: int = 2) -> sitk.Image:
+    """Keep the largest (up to two) components of at least ``keep_fraction`` of the largest, with holes filled."""
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+    labels, statistics = _components_by_size(binary)
+    if statistics.GetNumberOfLabels() == 0:
+        return binary
+    largest = statistics.GetNumberOfPixels(1)
+    kept = [label for label in statistics.GetLabels()[:max_components]
+            if statistics.GetNumberOfPixels(label) >= keep_fraction * largest]
+    cleaned = sitk.Cast(sitk.BinaryThreshold(labels, 1, max(kept), 1, 0), sitk.sitkUInt8)
+    return _fill_holes_per_slice(cleaned)
+
+
+def _fill_holes_per_slice(mask: sitk.Image) -> sitk.Image:
+    """Fill holes in each axial slice: a 3-D fill misses holes that open onto the first or last slice."""
+    filled = sitk.JoinSeries([sitk.BinaryFillhole(mask[:, :, k]) for k in range(mask.GetSize()[2])])
+    filled.CopyInformation(mask)
+    return filled
+
+
+def clean_lesion_mask(lesions: sitk.Image, breast: sitk.Image, rules: LesionCleaning = LesionCleaning()) -> sitk.Image:
+    """Label lesions 1..N (largest first), dropping small ones and those mostly outside the breast."""
+    labels, statistics = _components_by_size(sitk.Cast(lesions > 0, sitk.sitkUInt8))
+    inside = sitk.LabelStatisticsImageFilter()
+    inside.Execute(sitk.Cast(breast > 0, sitk.sitkFloat32), labels)
+    voxel_mm3 = _voxel_volume_mm3(lesions)
+    kept = [label for label in statistics.GetLabels()
+            if statistics.GetNumberOfPixels(label) * voxel_mm3 >= rules.min_volume_mm3
+            and inside.GetMean(label) >= rules.min_fraction_in_breast]
+    mapping = {label: new for new, label in enumerate(kept, start=1)}
+    relabelled = sitk.ChangeLabel(labels, changeMap={label: mapping.get(label, 0) for label in statistics.GetLabels()})
+    return sitk.Cast(relabelled, sitk.sitkUInt16)

@@ -1,0 +1,60 @@
+"""Post-processing of predicted breast and lesion masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_breast_mask, clean_lesion_mask
+
+
+def as_image(array: np.ndarray, spacing=(0.8, 0.8, 2.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(spacing)
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    return image
+
+
+def test_breast_cleaning_keeps_two_breasts_fills_holes_and_drops_islands():
+    array = np.zeros((10, 40, 40), np.uint8)
+    array[2:8, 5:15, 5:15] = 1          # left breast
+    array[2:8, 5:13, 25:35] = 1         # right breast, a little smaller
+    array[4, 8:10, 8:10] = 0            # a hole
+    array[1, 30:32, 30:32] = 1          # an island (false positive over the heart)
+    cleaned = clean_breast_mask(as_image(array))
+    result = sitk.GetArrayFromImage(cleaned)
+    assert result[4, 8:10, 8:10].all()
+    assert not result[1, 30:32, 30:32].any()
+    assert result[2:8, 5:13, 25:35].all() and result[2:8, 5:15, 5:15].all()
+    assert result.sum() == 600 + 480
+    assert cleaned.GetDirection() == as_image(array).GetDirection()
+
+
+def test_breast_cleaning_of_an_empty_mask_stays_empty():
+    assert sitk.GetArrayFromImage(clean_breast_mask(as_image(np.zeros((4, 8, 8))))).sum() == 0
+
+
+def test_lesion_cleaning_drops_small_and_outside_lesions_and_labels_by_size():
+    breast = np.zeros((10, 40, 40), np.uint8)
+    breast[:, :, :20] = 1
+    lesions = np.zeros_like(breast)
+    lesions[2:6, 2:8, 2:8] = 1      # 144 voxels * 1.28 mm3: kept, label 1
+    lesions[2:4, 20:24, 5:9] = 1    # 32 voxels: kept, label 2
+    lesions[7, 30, 5] = 1           # 1.28 mm3: too small
+    lesions[2:6, 2:8, 25:35] = 1    # outside the breast
+    cleaned = sitk.GetArrayFromImage(clean_lesion_mask(as_image(lesions), as_image(breast)))
+    assert set(np.unique(cleaned)) == {0, 1, 2}
+    assert (cleaned[2:6, 2:8, 2:8] == 1).all()
+    assert (cleaned[2:4, 20:24, 5:9] == 2).all()
+    assert cleaned[7, 30, 5] == 0 and not cleaned[2:6, 2:8, 25:35].any()
+
+
+def test_lesion_cleaning_minimum_volume_is_in_mm3():
+    breast = np.ones((6, 12, 12), np.uint8)
+    lesions = np.zeros_like(breast)
+    lesions[2:4, 2:4, 2:4] = 1  # 8 voxels
+    rules = LesionCleaning(min_volume_mm3=9.0)
+    assert sitk.GetArrayFromImage(clean_lesion_mask(as_image(lesions, (1, 1, 1)), as_image(breast, (1, 1, 1)), rules)).sum() == 0
+    kept = clean_lesion_mask(as_image(lesions, (1, 1, 2)), as_image(breast, (1, 1, 2)), rules)
+    assert sitk.GetArrayFromImage(kept).sum() == 8
