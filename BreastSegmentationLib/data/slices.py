@@ -1,0 +1,157 @@
+"""2-D slice datasets for the four data approaches of seed 000, and for breast region segmentation (BRS).
+
+- WV without BRS: every slice of the whole volume, as acquired.
+- WV with BRS: every slice, the breast mask multiplied into the input channels (air, heart and lungs removed).
+- SLS with BRS: only the slices that contain lesion.
+- OV with BRS: SLS cropped in-plane to the OV box (:mod:`.crops`), one height for the whole dataset.
+
+The BRS mask is the case's ground truth or a given (predicted) one, as in the paper. Arrays are held in memory once
+per case; slices are padded at the far end (high rows and columns) to a common shape, a multiple of 32, so the
+network's five poolings fit and slices of different cases batch together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from .augmentation import augment, draw_seed
+from .crops import (
+    DEFAULT_MULTIPLE,
+    DEFAULT_SAFE_DISTANCE_MM,
+    CropBox,
+    lesion_slice_indices,
+    ov_crop_box,
+    round_up,
+    uniform_ov_boxes,
+)
+from .preprocessing import PreparedCase
+
+TASKS = ("lesion", "breast")
+
+
+class Approach(str, Enum):
+    """The data approaches of seed 000 (Fig. 3)."""
+
+    WV_NO_BRS = "wv"
+    WV_BRS = "wv_brs"
+    SLS = "sls"
+    OV = "ov"
+
+    @property
+    def title(self) -> str:
+        return {"wv": "WV without BRS", "wv_brs": "WV with BRS", "sls": "SLS with BRS", "ov": "OV with BRS"}[self.value]
+
+    @property
+    def uses_brs(self) -> bool:
+        return self is not Approach.WV_NO_BRS
+
+    @property
+    def lesion_slices_only(self) -> bool:
+        return self in (Approach.SLS, Approach.OV)
+
+
+def brs_masks_for(cases: Sequence[PreparedCase], breast_masks: Mapping[str, np.ndarray] | None) -> list[np.ndarray]:
+    """Each case's BRS mask: the given (predicted) one when there is one, else its ground truth breast mask."""
+    masks = []
+    for case in cases:
+        mask = (breast_masks or {}).get(case.case_id, case.breast)
+        if mask is None:
+            raise InputError(f"case {case.case_id} has no breast mask (ground truth or predicted) for BRS masking")
+        if np.shape(mask) != case.shape:
+            raise InputError(f"case {case.case_id}: the breast mask's shape {np.shape(mask)} differs from the "
+                             f"prepared image's {case.shape}")
+        masks.append(np.asarray(mask) > 0)
+    return masks
+
+
+def task_label(case: PreparedCase, task: str) -> np.ndarray:
+    """The mask a task learns: lesions for lesion segmentation, the breast for BRS."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
+    label = case.lesions if task == "lesion" else case.breast
+    if label is None:
+        raise InputError(f"case {case.case_id} has no {'lesion' if task == 'lesion' else 'breast'} mask to learn")
+    return label
+
+
+def pad_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Zero-pad the last ``len(shape)`` axes of ``array`` at their far end up to ``shape``."""
+    widths = [(0, 0)] * (array.ndim - len(shape)) + [(0, target - size) for size, target in
+                                                     zip(array.shape[-len(shape):], shape)]
+    return np.pad(array, widths)
+
+
+class SliceDataset(Dataset):
+    """Slices {"image": (C, H, W) float32, "label": (1, H, W) float32, "case_id", "slice"} of prepared cases."""
+
+    def __init__(self, cases: Sequence[PreparedCase], approach: Approach | str = Approach.WV_NO_BRS,
+                 task: str = "lesion", breast_masks: Mapping[str, np.ndarray] | None = None,
+                 transform: Callable | None = None, multiple: int = DEFAULT_MULTIPLE, ov_height: int | None = None,
+                 safe_distance_mm: float | None = DEFAULT_SAFE_DISTANCE_MM, safe_distance_px: int | None = None):
+        """``ov_height`` fixes the OV crop height (e.g. a model card's); by default it is the largest over ``cases``."""
+        self.approach = Approach(approach)
+        if task == "breast" and self.approach is not Approach.WV_NO_BRS:
+            raise InputError("breast region segmentation learns from whole unmasked volumes (approach 'wv')")
+        self.task, self.transform = task, transform
+        labels = [task_label(case, task) for case in cases]
+        brs_masks = brs_masks_for(cases, breast_masks) if self.approach.uses_brs else [None] * len(cases)
+        self.ov_height, self.boxes = None, {}
+        if self.approach is Approach.OV:
+            self.ov_height, boxes = self._ov_boxes(cases, brs_masks, ov_height, safe_distance_mm, safe_distance_px,
+                                                   multiple)
+            self.boxes = {case.case_id: box for case, box in zip(cases, boxes)}
+        selected = [self._selected_slices(case, label) for case, label in zip(cases, labels)]
+        images = [self._input_slices(case, mask, chosen) for case, mask, chosen in zip(cases, brs_masks, selected)]
+        targets = [self._crop(case, label[chosen][:, None]) for case, label, chosen in zip(cases, labels, selected)]
+        in_plane = [image.shape[-2:] for image in images if image.shape[0]]
+        self.spatial_shape = tuple(round_up(max(sizes), multiple) for sizes in zip(*in_plane)) if in_plane else ()
+        self.images = [pad_to(image, self.spatial_shape) for image in images]
+        self.labels = [pad_to(target.astype(np.uint8), self.spatial_shape) for target in targets]
+        self.case_ids = [case.case_id for case in cases]
+        self.slice_numbers = selected
+        self.index = [(case_index, local) for case_index, chosen in enumerate(selected) for local in range(len(chosen))]
+
+    @staticmethod
+    def _ov_boxes(cases: Sequence[PreparedCase], brs_masks: Sequence[np.ndarray], ov_height: int | None,
+                  safe_distance_mm: float | None, safe_distance_px: int | None,
+                  multiple: int) -> tuple[int, list[CropBox]]:
+        spacings = [case.spacing_yx for case in cases]
+        if ov_height is None:
+            return uniform_ov_boxes(brs_masks, spacings, safe_distance_mm, safe_distance_px, multiple)
+        return ov_height, [ov_crop_box(mask, spacing, height=ov_height) for mask, spacing in zip(brs_masks, spacings)]
+
+    def _selected_slices(self, case: PreparedCase, label: np.ndarray) -> np.ndarray:
+        if self.approach.lesion_slices_only:
+            return lesion_slice_indices(label)
+        return np.arange(case.shape[0])
+
+    def _input_slices(self, case: PreparedCase, brs_mask: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) input slices: chosen, BRS-masked where the approach says so, OV-cropped."""
+        slices = np.moveaxis(case.image[:, chosen], 1, 0)
+        if brs_mask is not None:
+            slices = slices * brs_mask[chosen][:, None]
+        return np.ascontiguousarray(self._crop(case, slices), dtype=np.float32)
+
+    def _crop(self, case: PreparedCase, slices: np.ndarray) -> np.ndarray:
+        box: CropBox | None = self.boxes.get(case.case_id)
+        return slices if box is None else slices[..., slice(*box.rows), slice(*box.cols)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict:
+        case_index, local = self.index[item]
+        sample = {
+            "image": torch.from_numpy(self.images[case_index][local]),
+            "label": torch.from_numpy(self.labels[case_index][local].astype(np.float32)),
+        }
+        if self.transform is not None:
+            sample = augment(sample, self.transform, draw_seed())
+        return {**sample, "case_id": self.case_ids[case_index],
+                "slice": int(self.slice_numbers[case_index][local])}

@@ -1,0 +1,171 @@
+"""Canonical preprocessing: RAS, in-plane spacing, normalisation that keeps enhancement, restoring predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from BreastSegmentationLib.data.datasets import CaseRecord
+from BreastSegmentationLib.data.preprocessing import (
+    PreprocessConfig,
+    body_mask,
+    prepare_case,
+    prepare_record,
+    restore_to_original,
+)
+from BreastSegmentationLib.errors import InputError
+
+SHAPE_ZYX = (12, 48, 48)
+SPACING_XYZ = (0.8, 0.8, 2.0)
+
+
+def as_image(array: np.ndarray, spacing=SPACING_XYZ) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-20.0, 15.0, 3.0))
+    return image
+
+
+def synthetic_case(rng: np.random.Generator) -> dict[str, sitk.Image]:
+    """An LPS (identity direction) case: low rows are anterior. Breast in rows 4-19, a lesion that enhances."""
+    z, y, x = np.mgrid[: SHAPE_ZYX[0], : SHAPE_ZYX[1], : SHAPE_ZYX[2]]
+    pre = np.abs(rng.normal(0.0, 5.0, SHAPE_ZYX))  # air noise
+    pre[:, 4:44, 4:44] = rng.normal(200.0, 20.0, (SHAPE_ZYX[0], 40, 40))
+    breast = np.zeros(SHAPE_ZYX, dtype=np.uint8)
+    breast[2:10, 4:20, 6:42] = 1
+    lesion = (((z - 6) * 2.0) ** 2 + ((y - 12) * 0.8) ** 2 + ((x - 20) * 0.8) ** 2 < 16.0).astype(np.uint8)
+    post = pre * 1.05 + 180.0 * lesion
+    return {"pre": as_image(pre.astype(np.float32)), "post": as_image(post.astype(np.float32)),
+            "breast": as_image(breast), "lesions": as_image(lesion)}
+
+
+@pytest.fixture
+def case(rng) -> dict[str, sitk.Image]:
+    return synthetic_case(rng)
+
+
+def test_prepared_case_is_in_ras_with_anterior_at_high_rows(case):
+    prepared = prepare_case(**case, case_id="c1")
+    assert prepared.grid.direction == (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    assert prepared.image.shape == (2, 12, 48, 48) and prepared.image.dtype == np.float32
+    assert prepared.channels == ("pre", "post")
+    breast_rows = np.flatnonzero(prepared.breast.any(axis=(0, 2)))
+    assert (breast_rows[0], breast_rows[-1]) == (47 - 19, 47 - 4)
+    original = sitk.GetArrayFromImage(case["lesions"])
+    assert np.array_equal(prepared.lesions, original[:, ::-1, ::-1])
+    assert prepared.patient_id == "c1"
+
+
+def test_inplane_resampling_keeps_slices_and_field_of_view(case):
+    prepared = prepare_case(**case, config=PreprocessConfig(spacing_mm=(0.7, 0.7)))
+    assert prepared.grid.spacing == pytest.approx((0.7, 0.7, 2.0))
+    assert prepared.grid.size == (55, 55, 12)
+    assert prepared.spacing_yx == pytest.approx((0.7, 0.7))
+    ras = sitk.DICOMOrient(case["pre"], "RAS")
+    direction = np.reshape(ras.GetDirection(), (3, 3))
+    old_edge = np.array(ras.GetOrigin()) - direction @ (np.array(ras.GetSpacing()) / 2)
+    new_edge = np.array(prepared.grid.origin) - direction @ (np.array(prepared.grid.spacing) / 2)
+    assert new_edge == pytest.approx(old_edge)
+    assert set(np.unique(prepared.lesions)) == {0, 1}
+
+
+@pytest.mark.parametrize("config", [PreprocessConfig(), PreprocessConfig(normalisation="percentile"),
+                                    PreprocessConfig(clahe=True), PreprocessConfig(normalisation="none")])
+def test_normalisation_keeps_enhancement(case, config):
+    prepared = prepare_case(**case, config=config)
+    lesion = prepared.lesions > 0
+    pre, post = prepared.image[0][lesion], prepared.image[1][lesion]
+    assert (post > pre).mean() > 0.95
+    assert post.mean() > pre.mean()
+
+
+def test_zscore_uses_the_pre_contrast_body_statistics(case):
+    prepared = prepare_case(**case, config=PreprocessConfig(clip_percentiles=None))
+    body = body_mask(sitk.GetArrayFromImage(sitk.DICOMOrient(case["pre"], "RAS")))
+    assert prepared.image[0][body].mean() == pytest.approx(0.0, abs=1e-4)
+    assert prepared.image[0][body].std() == pytest.approx(1.0, abs=1e-3)
+    post = sitk.GetArrayFromImage(sitk.DICOMOrient(case["post"], "RAS"))
+    scale, offset = prepared.statistics["scale"], prepared.statistics["offset"]
+    assert prepared.image[1] == pytest.approx((post - offset) / scale, abs=1e-4)
+
+
+def test_subtraction_channel(case):
+    prepared = prepare_case(**case, config=PreprocessConfig(subtraction=True))
+    assert prepared.channels == ("pre", "post", "subtraction")
+    assert np.allclose(prepared.image[2], prepared.image[1] - prepared.image[0])
+
+
+def test_body_mask_keeps_enclosed_dark_fat_and_drops_air(rng):
+    pre = np.abs(rng.normal(0.0, 5.0, (4, 40, 40)))
+    pre[:, 8:32, 8:32] = 300.0
+    pre[:, 12:28, 12:28] = 25.0  # fat-saturated fat: dark, but far above the air noise
+    body = body_mask(pre)
+    assert body[:, 8:32, 8:32].all()
+    assert not body[:, :6].any() and not body[:, :, 34:].any()
+
+
+def test_post_in_another_orientation_is_aligned_to_pre(case):
+    reoriented = dict(case, post=sitk.DICOMOrient(case["post"], "RAS"))
+    assert np.allclose(prepare_case(**reoriented).image, prepare_case(**case).image)
+
+
+def test_restore_to_original_round_trip_on_an_oblique_grid(oblique_image):
+    k, j, i = np.mgrid[:7, :11, :13]
+    mask_array = (((i - 6) / 4.0) ** 2 + ((j - 5) / 3.5) ** 2 + ((k - 3) / 2.5) ** 2 < 1.0).astype(np.uint8)
+    mask = sitk.GetImageFromArray(mask_array)
+    mask.CopyInformation(oblique_image)
+    same_spacing = prepare_case(oblique_image, oblique_image, lesions=mask)
+    restored = sitk.GetArrayFromImage(restore_to_original(same_spacing.lesions, same_spacing, mask))
+    assert np.array_equal(restored, mask_array)
+    resampled = prepare_case(oblique_image, oblique_image, lesions=mask, config=PreprocessConfig(spacing_mm=(0.5, 0.5)))
+    assert resampled.grid.spacing[:2] == pytest.approx((0.5, 0.5))
+    restored_image = restore_to_original(resampled.lesions, resampled, mask)
+    assert restored_image.GetSize() == mask.GetSize() and restored_image.GetDirection() == mask.GetDirection()
+    restored = sitk.GetArrayFromImage(restored_image).astype(bool)
+    original = mask_array.astype(bool)
+    boundary = ndimage.binary_dilation(original) & ~ndimage.binary_erosion(original)
+    assert not (restored ^ original)[~boundary].any(), "differences only within one voxel of the boundary"
+    assert (restored ^ original).sum() <= 0.2 * original.sum()
+
+
+def test_restore_probabilities_is_linear_and_float(case):
+    prepared = prepare_case(**case, config=PreprocessConfig(spacing_mm=(0.7, 0.7)))
+    probabilities = np.full(prepared.shape, 0.25, dtype=np.float32)
+    restored = restore_to_original(probabilities, prepared, case["pre"])
+    assert restored.GetPixelID() == sitk.sitkFloat32
+    values = sitk.GetArrayFromImage(restored)
+    assert np.allclose(values[:, 2:-2, 2:-2], 0.25)
+
+
+def test_config_validation_and_round_trip():
+    config = PreprocessConfig(spacing_mm=(0.7, 0.7), clahe=True, subtraction=True)
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(InputError, match="normalisation"):
+        PreprocessConfig(normalisation="minmax")
+    with pytest.raises(InputError, match="spacing"):
+        PreprocessConfig(spacing_mm=(0.0, 0.7))
+    with pytest.raises(InputError, match="percentiles"):
+        PreprocessConfig(clip_percentiles=(99.0, 1.0))
+
+
+def test_blank_pre_contrast_image_is_refused(case):
+    blank = sitk.Image(case["pre"].GetSize(), sitk.sitkFloat32)
+    blank.CopyInformation(case["pre"])
+    with pytest.raises(InputError, match="body"):
+        prepare_case(blank, case["post"])
+
+
+def test_prepare_record_reads_the_files(case, tmp_path):
+    paths = {}
+    for role, image in case.items():
+        paths[role] = tmp_path / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(paths[role]))
+    prepared = prepare_record(CaseRecord("c7", "patient-3", **paths))
+    expected = prepare_case(**case)
+    assert (prepared.case_id, prepared.patient_id) == ("c7", "patient-3")
+    assert np.allclose(prepared.image, expected.image)
+    assert np.array_equal(prepared.lesions, expected.lesions)
