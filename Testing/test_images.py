@@ -368,3 +368,14 @@ def assert_values_follow_physical_points(original: sitk.Image, reoriented: sitk.
     for index in np.ndindex(*reoriented.GetSize()):
         point = reoriented.TransformIndexToPhysicalPoint(index)
         assert reoriented[index] == value_at_point(original, point)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nan_voxels_in_nifti_are_refused_although_itk_reads_them_as_zero(tmp_path, suffix):
+    values = np.ones((4, 5, 6), np.float32)
+    values[1, 2, 3] = np.nan
+    values[2, 2, 2] = np.inf
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    with pytest.raises(InputError, match="2 NaN or infinite voxels"):
+        read_volume(path)

@@ -246,29 +246,39 @@ def _unsupported_file_problem(path: Path) -> str:
     return f"unsupported file type; {formats}"
 
 
+#: NIfTI datatype codes of floating-point voxels and their numpy types.
+_NIFTI_FLOAT_TYPES = {16: np.float32, 64: np.float64}
+
+
 def _require_complete_nifti(path: Path, reader: sitk.ImageFileReader) -> None:
-    """ITK fills a truncated NIfTI with zeros without complaint, so compare the stored bytes with the header."""
+    """Check the stored voxels against the header: ITK silently fills a truncated NIfTI with zeros and reads
+    NaN voxels as 0, so both are checked on the file's own bytes."""
     dimensions = int(reader.GetMetaData("dim[0]"))
     voxels = math.prod(int(reader.GetMetaData(f"dim[{axis}]")) for axis in range(1, dimensions + 1))
-    needed = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(reader.GetMetaData("bitpix")) // 8
-    stored = _uncompressed_size(path)
-    if stored < needed:
-        raise InputError(f"file is truncated: {stored} of {needed} bytes present", path)
+    offset = int(float(reader.GetMetaData("vox_offset")))
+    needed = offset + voxels * int(reader.GetMetaData("bitpix")) // 8
+    payload = _uncompressed_bytes(path)
+    if len(payload) < needed:
+        raise InputError(f"file is truncated: {len(payload)} of {needed} bytes present", path)
+    float_type = _NIFTI_FLOAT_TYPES.get(int(reader.GetMetaData("datatype")))
+    if float_type is not None:
+        byte_order = "<" if int.from_bytes(payload[:4], "little") in (348, 540) else ">"
+        values = np.frombuffer(payload, dtype=np.dtype(float_type).newbyteorder(byte_order), count=voxels,
+                               offset=offset)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise InputError(f"contains {bad} NaN or infinite voxels", path)
 
 
-def _uncompressed_size(path: Path) -> int:
+def _uncompressed_bytes(path: Path) -> bytes:
     with open(path, "rb") as handle:
-        is_gzip = handle.read(2) == b"\x1f\x8b"
-    if not is_gzip:
-        return path.stat().st_size
-    size = 0
+        data = handle.read()
+    if data[:2] != b"\x1f\x8b":
+        return data
     try:
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                size += len(chunk)
+        return gzip.decompress(data)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise InputError(f"compressed file is truncated or damaged ({error})", path) from None
-    return size
 
 
 def _itk_reason(error: RuntimeError) -> str:
