@@ -19,7 +19,7 @@ from ..progress import Cancelled
 from .console import make_progress
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("demo", "segment", "inspect", "evaluate", "phantom", "train", "models", "carbon")
 
 log = logging.getLogger("breastseg")
 

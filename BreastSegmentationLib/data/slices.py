@@ -93,12 +93,19 @@ class SliceDataset(Dataset):
     def __init__(self, cases: Sequence[PreparedCase], approach: Approach | str = Approach.WV_NO_BRS,
                  task: str = "lesion", breast_masks: Mapping[str, np.ndarray] | None = None,
                  transform: Callable | None = None, multiple: int = DEFAULT_MULTIPLE, ov_height: int | None = None,
-                 safe_distance_mm: float | None = DEFAULT_SAFE_DISTANCE_MM, safe_distance_px: int | None = None):
-        """``ov_height`` fixes the OV crop height (e.g. a model card's); by default it is the largest over ``cases``."""
+                 safe_distance_mm: float | None = DEFAULT_SAFE_DISTANCE_MM, safe_distance_px: int | None = None,
+                 breast_slices: bool = False):
+        """``ov_height`` fixes the OV crop height (e.g. a model card's); by default it is the largest over ``cases``.
+
+        ``breast_slices`` takes every slice with breast instead of the approach's own choice (BRS approaches only):
+        a model that will run on every breast slice at inference then also learns from slices without lesion.
+        """
         self.approach = Approach(approach)
         if task == "breast" and self.approach is not Approach.WV_NO_BRS:
             raise InputError("breast region segmentation learns from whole unmasked volumes (approach 'wv')")
-        self.task, self.transform = task, transform
+        if breast_slices and not self.approach.uses_brs:
+            raise InputError("choosing the slices with breast needs a BRS approach (wv_brs, sls or ov)")
+        self.task, self.transform, self.breast_slices = task, transform, breast_slices
         labels = [task_label(case, task) for case in cases]
         brs_masks = brs_masks_for(cases, breast_masks) if self.approach.uses_brs else [None] * len(cases)
         self.ov_height, self.boxes = None, {}
@@ -106,7 +113,7 @@ class SliceDataset(Dataset):
             self.ov_height, boxes = self._ov_boxes(cases, brs_masks, ov_height, safe_distance_mm, safe_distance_px,
                                                    multiple)
             self.boxes = {case.case_id: box for case, box in zip(cases, boxes)}
-        selected = [self._selected_slices(case, label) for case, label in zip(cases, labels)]
+        selected = [self._selected_slices(case, label, mask) for case, label, mask in zip(cases, labels, brs_masks)]
         images = [self._input_slices(case, mask, chosen) for case, mask, chosen in zip(cases, brs_masks, selected)]
         targets = [self._crop(case, label[chosen][:, None]) for case, label, chosen in zip(cases, labels, selected)]
         in_plane = [image.shape[-2:] for image in images if image.shape[0]]
@@ -126,7 +133,9 @@ class SliceDataset(Dataset):
             return uniform_ov_boxes(brs_masks, spacings, safe_distance_mm, safe_distance_px, multiple)
         return ov_height, [ov_crop_box(mask, spacing, height=ov_height) for mask, spacing in zip(brs_masks, spacings)]
 
-    def _selected_slices(self, case: PreparedCase, label: np.ndarray) -> np.ndarray:
+    def _selected_slices(self, case: PreparedCase, label: np.ndarray, brs_mask: np.ndarray | None) -> np.ndarray:
+        if self.breast_slices:
+            return np.flatnonzero(brs_mask.any(axis=(1, 2)))
         if self.approach.lesion_slices_only:
             return lesion_slice_indices(label)
         return np.arange(case.shape[0])

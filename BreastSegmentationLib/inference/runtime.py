@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+from ..progress import Progress, silent
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -34,3 +37,42 @@ def configure_cpu_threads(threads: int | None = None) -> None:
     """Use ``threads`` intra-op threads (default: the CPUs this process may use)."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, threads or available))
+
+
+def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Zero-pad the last two axes up to a multiple of ``multiple`` (U-Net poolings need it)."""
+    height, width = batch.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        batch = np.pad(batch, [(0, 0)] * (batch.ndim - 2) + [(0, pad_h), (0, pad_w)])
+    return batch, (height, width)
+
+
+def predict_slices(
+    model: torch.nn.Module,
+    channels: np.ndarray,
+    slice_indices: Sequence[int],
+    device: torch.device,
+    batch_size: int = 8,
+    multiple: int = 32,
+    progress: Progress | None = None,
+    stage: str = "inference",
+) -> np.ndarray:
+    """Sigmoid probabilities of a 2-D model on chosen axial slices of a (C, z, y, x) volume.
+
+    Slices not asked for stay 0, which is how the pipeline skips slices without breast. Written here rather
+    than with MONAI's SliceInferer because that one runs every slice of the volume.
+    """
+    progress = progress or silent()
+    probabilities = np.zeros(channels.shape[1:], dtype=np.float32)
+    indices = list(slice_indices)
+    model.eval()
+    with torch.inference_mode():
+        for start in progress.track(range(0, len(indices), batch_size), stage):
+            chosen = indices[start:start + batch_size]
+            batch, (height, width) = _pad_to_multiple(np.moveaxis(channels[:, chosen], 1, 0), multiple)
+            inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            logits = model(inputs)[:, 0, :height, :width]
+            probabilities[chosen] = torch.sigmoid(logits.float()).cpu().numpy()
+    return probabilities

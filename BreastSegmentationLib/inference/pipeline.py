@@ -1,0 +1,182 @@
+"""The main job: pre + post-contrast volumes -> breast region -> lesions, on the original grid.
+
+Steps (seed 000's pipeline, made fast): post aligned to pre -> canonical orientation and spacing of the breast
+model -> BRS on every slice -> breast mask post-processing -> the lesion model's grid -> crop around the breast
+(the OV idea) -> lesion model on the crop's slices only, inputs masked by the breast as in training -> back to
+the full grid -> threshold -> lesion post-processing (minimum volume, nothing outside the breast) -> original
+grid. Both models are described by their model cards, so user-trained models run through the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..data.crops import ov_crop_box
+from ..data.preprocessing import PreparedCase, PreprocessConfig, prepare_case
+from ..errors import InputError
+from ..io.images import align_post_to_pre, resample_like
+from ..models.cards import ModelCard, find_cards, load_model
+from ..progress import Progress, silent
+from ..resources import bundled_models_dir
+from .postprocess import LesionCleaning, clean_breast_mask, clean_lesion_mask
+from .runtime import describe_device, predict_slices, resolve_device
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with the card that describes it."""
+
+    network: torch.nn.Module
+    card: ModelCard
+    card_path: Path
+
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict({k: v for k, v in self.card.preprocessing.items() if k != "crop"})
+
+    @property
+    def crop(self) -> dict:
+        return dict(self.card.preprocessing.get("crop", {}))
+
+
+@dataclass
+class ModelSet:
+    """The breast (BRS) model and the lesion model used together."""
+
+    breast: LoadedModel
+    lesion: LoadedModel
+    device: torch.device
+
+    def cards(self) -> list[dict]:
+        return [{"path": str(m.card_path), **m.card.to_dict()} for m in (self.breast, self.lesion)]
+
+
+def load_models(folder: str | Path | None = None, device: str = "auto") -> ModelSet:
+    """Load one breast and one lesion model from ``folder`` (default: the bundled models) onto ``device``."""
+    folder = Path(folder) if folder is not None else bundled_models_dir()
+    torch_device = resolve_device(device)
+    by_task: dict[str, list[Path]] = {"breast": [], "lesion": []}
+    for card_path in find_cards(folder):
+        by_task.setdefault(ModelCard.from_json(card_path).task, []).append(card_path)
+    loaded = {}
+    for task, paths in by_task.items():
+        if len(paths) != 1:
+            found = ", ".join(p.name for p in paths) or "none"
+            raise InputError(f"exactly one {task} model card is needed in the model folder (found: {found})", folder)
+        network, card = load_model(paths[0], torch_device)
+        loaded[task] = LoadedModel(network.to(memory_format=torch.channels_last), card, paths[0])
+    return ModelSet(loaded["breast"], loaded["lesion"], torch_device)
+
+
+@dataclass
+class SegmentationOptions:
+    """Choices of one run; ``threshold`` None means the lesion model card's threshold."""
+
+    threshold: float | None = None
+    lesion_cleaning: LesionCleaning = field(default_factory=LesionCleaning)
+    batch_size: int = 8
+
+
+@dataclass
+class Segmentation:
+    """Results on the pre-contrast image's grid, and how long each stage took."""
+
+    breast: sitk.Image
+    lesions: sitk.Image
+    probability: sitk.Image
+    post_aligned: sitk.Image
+    seconds: dict[str, float]
+    device: str
+    threshold: float
+
+
+def _channels(prepared: PreparedCase, inputs: list[str]) -> np.ndarray:
+    """The channels a card asks for, in its order."""
+    missing = [name for name in inputs if name not in prepared.channels]
+    if missing:
+        raise InputError(f"the model needs input channels {missing} that its preprocessing does not make")
+    return prepared.image[[prepared.channels.index(name) for name in inputs]]
+
+
+def _grid_image(array: np.ndarray, prepared: PreparedCase) -> sitk.Image:
+    return prepared.grid.image(array)
+
+
+def _predict_breast(models: ModelSet, pre: sitk.Image, post: sitk.Image, options: SegmentationOptions,
+                    progress: Progress) -> sitk.Image:
+    """Breast probability on the breast model's grid (every slice: the breast may be anywhere)."""
+    model = models.breast
+    prepared = prepare_case(pre, post, config=model.preprocessing, case_id="study")
+    channels = _channels(prepared, model.card.inputs)
+    probability = predict_slices(model.network, channels, range(channels.shape[1]), models.device,
+                                 options.batch_size, progress=progress, stage="breast region")
+    return _grid_image(probability, prepared)
+
+
+def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarray, options: SegmentationOptions,
+                     progress: Progress) -> np.ndarray:
+    """Lesion probability on the lesion model's grid, computed only inside the crop around the breast."""
+    model = models.lesion
+    crop = model.crop
+    box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
+                      multiple=crop.get("multiple", 32))
+    masked = _channels(prepared, model.card.inputs) * breast[None].astype(np.float32)
+    cropped = box.apply(masked)
+    probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
+                                 options.batch_size, progress=progress, stage="lesions")
+    return box.paste(probability, breast.shape)
+
+
+def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options: SegmentationOptions | None = None,
+                   progress: Progress | None = None) -> Segmentation:
+    """Segment breast and lesions of one study given as SimpleITK volumes; results lie on ``pre``'s grid.
+
+    Raises :class:`InputError` when the volumes do not overlap or no breast tissue is found.
+    """
+    options = options or SegmentationOptions()
+    progress = progress or silent()
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    progress.update("preparing", 0.0)
+    post = align_post_to_pre(pre, post, "the pre-contrast image", "the post-contrast image")
+    seconds["align"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    breast_probability = _predict_breast(models, pre, post, options, progress)
+    seconds["breast"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    prepared = prepare_case(pre, post, config=models.lesion.preprocessing, case_id="study")
+    on_lesion_grid = resample_like(breast_probability, prepared.grid.reference())
+    breast = clean_breast_mask(on_lesion_grid > models.breast.card.threshold)
+    breast_array = sitk.GetArrayFromImage(breast)
+    if not breast_array.any():
+        raise InputError("no breast tissue found: the breast model found no breast in this study "
+                         "(is it a breast DCE-MRI, and are pre and post the right series?)")
+    lesion_probability = _predict_lesions(models, prepared, breast_array, options, progress)
+    seconds["lesions"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    threshold = models.lesion.card.threshold if options.threshold is None else options.threshold
+    candidates = _grid_image((lesion_probability > threshold).astype(np.uint8), prepared)
+    lesions = clean_lesion_mask(candidates, breast, options.lesion_cleaning)
+    result = Segmentation(
+        breast=resample_like(breast, pre, is_mask=True),
+        lesions=resample_like(lesions, pre, is_mask=True),
+        probability=resample_like(_grid_image(lesion_probability, prepared), pre),
+        post_aligned=post,
+        seconds=seconds,
+        device=describe_device(models.device),
+        threshold=threshold,
+    )
+    seconds["restore"] = time.perf_counter() - started
+    progress.update("done", 1.0)
+    return result

@@ -1,0 +1,77 @@
+"""The overview figure of a segmentation: a subtraction MIP with lesion outlines, then a slice through each lesion.
+
+Images are shown as radiologists read axial breast MRI: anterior up, the patient's right on the image's left
+(ITK's LPS index order), with the pixel aspect ratio of the acquisition.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from ..io.outputs import atomic_output_file  # noqa: E402
+
+#: Lesion panels shown at most (the largest lesions first).
+MAX_LESION_PANELS = 7
+
+
+def display_array(image: sitk.Image) -> np.ndarray:
+    """(z, y, x) array in radiological display order: rows anterior -> posterior, columns right -> left."""
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+
+def _aspect(image: sitk.Image) -> float:
+    spacing = sitk.DICOMOrient(image, "LPS").GetSpacing()
+    return spacing[1] / spacing[0]
+
+
+def _window(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, (1.0, 99.5))
+    return float(low), float(max(high, low + 1e-6))
+
+
+def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sitk.Image, path: str | Path,
+                  lesion_rows: list[dict] | None = None, title: str = "") -> Path:
+    """Write the overview PNG; ``lesions`` is a label map (1..N by decreasing volume), all images on one grid."""
+    pre_a, post_a = display_array(sitk.Cast(pre, sitk.sitkFloat32)), display_array(sitk.Cast(post, sitk.sitkFloat32))
+    breast_a, lesion_a = display_array(breast) > 0, display_array(lesions)
+    subtraction = post_a - pre_a
+    labels = [int(v) for v in np.unique(lesion_a) if v > 0][:MAX_LESION_PANELS]
+    volumes = {int(row["id"]): row.get("volume_mm3") for row in (lesion_rows or [])}
+    aspect = _aspect(pre)
+    columns = 1 + max(len(labels), 1)
+    figure, axes = plt.subplots(1, columns, figsize=(3.6 * columns, 4.0), dpi=110, squeeze=False)
+    axes = axes[0]
+    mip = subtraction.max(axis=0)
+    axes[0].imshow(mip, cmap="gray", vmin=_window(mip)[0], vmax=_window(mip)[1], aspect=aspect)
+    axes[0].contour(breast_a.any(axis=0), levels=[0.5], colors="deepskyblue", linewidths=0.8)
+    if labels:
+        axes[0].contour(np.isin(lesion_a, labels).any(axis=0), levels=[0.5], colors="red", linewidths=0.9)
+    axes[0].set_title("subtraction MIP: breast (blue), lesions (red)", fontsize=8)
+    low, high = _window(post_a[breast_a] if breast_a.any() else post_a)
+    for axis, label in zip(axes[1:], labels):
+        k = int(np.argmax((lesion_a == label).sum(axis=(1, 2))))
+        axis.imshow(post_a[k], cmap="gray", vmin=low, vmax=high, aspect=aspect)
+        axis.contour(breast_a[k], levels=[0.5], colors="deepskyblue", linewidths=0.6)
+        axis.contour(lesion_a[k] == label, levels=[0.5], colors="red", linewidths=1.0)
+        volume = volumes.get(label)
+        axis.set_title(f"lesion {label}" + (f": {volume:.0f} mm³" if volume is not None else "")
+                       , fontsize=8)
+    if not labels:
+        axes[1].imshow(post_a[post_a.shape[0] // 2], cmap="gray", vmin=low, vmax=high, aspect=aspect)
+        axes[1].set_title("no lesion found (middle slice)", fontsize=8)
+    for axis in axes:
+        axis.set_axis_off()
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    with atomic_output_file(path) as temporary:
+        figure.savefig(temporary)
+    plt.close(figure)
+    return Path(path)

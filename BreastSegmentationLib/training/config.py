@@ -1,0 +1,146 @@
+"""Training configuration: one JSON file says everything a training run does.
+
+Example (every key but ``name``, ``task`` and ``dataset`` has a default)::
+
+    {
+      "name": "lesion_unetpp",
+      "task": "lesion",
+      "dataset": "data/phantom",
+      "architecture": "unetpp",
+      "approach": "ov",
+      "preprocessing": {"spacing_mm": [0.8, 0.8], "subtraction": true},
+      "optimisation": {"epochs": 100, "batch_size": 8}
+    }
+
+Relative paths are read from the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.preprocessing import PreprocessConfig
+from ..data.slices import Approach
+from ..errors import InputError
+from ..evaluation.carbon import CarbonSettings
+from .trainer import OptimisationSettings
+
+TASKS = ("breast", "lesion")
+
+
+@dataclass
+class PatchSampling:
+    """Random in-plane patches of the training slices (faster epochs on a CPU); ``size`` None = whole slices.
+
+    ``foreground_ratio`` is the share of patches centred on the label (lesion or breast), the rest anywhere.
+    """
+
+    size: tuple[int, int] | None = None
+    foreground_ratio: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, loss, optimisation, cross-validation and where results go."""
+
+    name: str
+    task: str
+    dataset: str
+    output_dir: str = "runs"
+    architecture: str = "unetpp"
+    architecture_options: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=lambda: ["pre", "post"])
+    loss: str = "hybrid"
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    approach: str = "ov"
+    slices: str = "approach"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    safe_distance_mm: float = 16.0
+    augmentation: float = 0.0
+    patches: PatchSampling = field(default_factory=PatchSampling)
+    folds: int = 5
+    test_patients: int = 2
+    run_folds: list[int] | None = None
+    optimisation: OptimisationSettings = field(default_factory=OptimisationSettings)
+    threshold: float = 0.5
+    device: str = "auto"
+    carbon: CarbonSettings = field(default_factory=CarbonSettings)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        try:
+            Approach(self.approach)
+        except ValueError:
+            raise InputError(f"approach must be one of {', '.join(a.value for a in Approach)}, "
+                             f"got {self.approach!r}") from None
+        if self.slices not in ("approach", "breast"):
+            raise InputError(f"slices must be 'approach' (the approach's slices) or 'breast' (every slice with "
+                             f"breast), got {self.slices!r}")
+        if self.run_folds is not None and any(not 0 <= k < self.folds for k in self.run_folds):
+            raise InputError(f"run_folds {self.run_folds} must be fold numbers from 0 to {self.folds - 1}")
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.preprocessing)
+
+    @property
+    def fold_numbers(self) -> list[int]:
+        return list(range(self.folds)) if self.run_folds is None else list(self.run_folds)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_NESTED = {"optimisation": OptimisationSettings, "carbon": CarbonSettings, "patches": PatchSampling}
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    """``cls(**values)`` with unknown and missing keys reported by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)} in {where}; known keys: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+def config_from_dict(values: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
+    """A :class:`TrainConfig` from parsed JSON; ``dataset`` and ``output_dir`` resolved against ``base_dir``."""
+    values = dict(values)
+    for key, cls in _NESTED.items():
+        if key in values:
+            values[key] = _build(cls, dict(values[key]), f"'{key}'")
+    if isinstance(values.get("patches"), PatchSampling) and values["patches"].size is not None:
+        values["patches"].size = tuple(int(s) for s in values["patches"].size)
+    config = _build(TrainConfig, values, "the training configuration")
+    base_dir = Path(base_dir)
+    config.dataset = str((base_dir / config.dataset).resolve())
+    config.output_dir = str((base_dir / config.output_dir).resolve())
+    config.preprocess  # noqa: B018  (validates the preprocessing section now, not after hours of training)
+    return config
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a training configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("training configuration not found", path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"not valid JSON: {error}", path) from None
+    if not isinstance(values, dict):
+        raise InputError("a training configuration is a JSON object", path)
+    try:
+        return config_from_dict(values, path.parent)
+    except InputError as error:
+        raise InputError(error.problem, path) from None

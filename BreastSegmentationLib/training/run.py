@@ -1,0 +1,249 @@
+"""A whole training run: dataset checks, patient-level folds, one model per fold, held-out test, model cards.
+
+Output folder ``<output_dir>/<name>/``::
+
+    config.json  split.json  results.json  results.md
+    fold_0/  log.csv  loss.png  checkpoint.pt  model/<name>_fold0.{json,safetensors}
+    ...
+    model/<name>.{json,safetensors}      the fold with the lowest validation loss, ready for ``breastseg segment``
+
+Cases are read and prepared once (the same preprocessing as inference), then every fold trains from memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandCropByPosNegLabeld
+
+from ..data.augmentation import KEYS, training_transforms
+from ..data.datasets import TASK_MASKS, load_dataset, validate_dataset
+from ..data.preprocessing import PreparedCase, prepare_records
+from ..data.slices import Approach, SliceDataset
+from ..errors import InputError
+from ..evaluation.carbon import EnergyMeter
+from ..evaluation.lesions import match_lesions
+from ..evaluation.metrics import segmentation_metrics
+from ..inference.runtime import predict_slices, resolve_device
+from ..models.cards import ModelCard, load_model, save_model
+from ..models.registry import build_model
+from ..progress import Progress, silent
+from ..reports.curves import plot_loss_curves
+from ..reports.tables import markdown_table, write_json
+from .config import TrainConfig
+from .distributed import init_distributed, shutdown_distributed
+from .losses import build_loss
+from .splits import Fold, split_patients
+from .trainer import FitResult, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldOutcome:
+    """One fold's training figures, test metrics and where its model card is."""
+
+    fold: int
+    result: FitResult
+    energy: dict
+    test: dict
+    card_path: Path
+
+
+def _select_channels(case: PreparedCase, inputs: list[str]) -> PreparedCase:
+    """The case with only the channels a model takes, in the model's order."""
+    missing = [name for name in inputs if name not in case.channels]
+    if missing:
+        raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
+                         "set preprocessing.subtraction to true for a subtraction channel")
+    image = case.image[[case.channels.index(name) for name in inputs]]
+    return dataclasses.replace(case, image=np.ascontiguousarray(image), channels=tuple(inputs))
+
+
+def _first_patch(samples: list[dict]) -> dict:
+    return samples[0]
+
+
+def _training_transform(config: TrainConfig) -> Compose | None:
+    """Patch sampling (when configured) followed by augmentation (domain randomisation)."""
+    steps = []
+    if config.patches.size is not None:
+        ratio = config.patches.foreground_ratio
+        # MONAI returns a list of patches; one per slice per epoch keeps epochs short and varied.
+        steps += [RandCropByPosNegLabeld(KEYS, "label", config.patches.size, pos=ratio, neg=1.0 - ratio,
+                                         num_samples=1, allow_smaller=True), _first_patch]
+    if config.augmentation > 0:
+        steps.append(training_transforms(2, config.augmentation))
+    return Compose(steps) if steps else None
+
+
+def make_slice_dataset(config: TrainConfig, cases: list[PreparedCase], training: bool,
+                       ov_height: int | None = None) -> SliceDataset:
+    """The 2-D dataset of a configuration's task and approach (augmented when ``training``)."""
+    return SliceDataset(
+        cases,
+        approach=config.approach,
+        task=config.task,
+        transform=_training_transform(config) if training else None,
+        ov_height=ov_height,
+        safe_distance_mm=config.safe_distance_mm,
+        breast_slices=config.slices == "breast",
+    )
+
+
+def predict_case(model: torch.nn.Module, dataset: SliceDataset, case: PreparedCase,
+                 device: torch.device) -> np.ndarray:
+    """Probabilities on ``case``'s prepared grid for the slices (and crop) the dataset's approach uses."""
+    case_index = dataset.case_ids.index(case.case_id)
+    images = np.moveaxis(dataset.images[case_index], 0, 1)  # (C, N, H, W): the slices as a volume
+    probabilities = predict_slices(model, images, range(images.shape[1]), device)
+    box = dataset.boxes.get(case.case_id)
+    rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
+    volume = np.zeros(case.shape, dtype=np.float32)
+    volume[dataset.slice_numbers[case_index], rows[0]:rows[1], cols[0]:cols[1]] = \
+        probabilities[:, :rows[1] - rows[0], :cols[1] - cols[0]]
+    return volume
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the defined values (HD95 is undefined for empty masks), None when there are none."""
+    defined = [value for value in values if value is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def evaluate_on_cases(model: torch.nn.Module, config: TrainConfig, cases: list[PreparedCase], ov_height: int | None,
+                      device: torch.device) -> dict:
+    """Mean Dice/IoU/precision/recall/HD95 over test cases and lesion FP/FN by volume bin (seed 000 Tables 4-5)."""
+    if not cases:
+        return {}
+    per_case, bins = [], None
+    for case in cases:
+        dataset = make_slice_dataset(config, [case], training=False, ov_height=ov_height)
+        predicted = predict_case(model, dataset, case, device) > config.threshold
+        truth = case.lesions if config.task == "lesion" else case.breast
+        pred_image = case.grid.image(predicted.astype(np.uint8))
+        ref_image = case.grid.image((truth > 0).astype(np.uint8))
+        scores = segmentation_metrics(pred_image, ref_image)
+        per_case.append({"case_id": case.case_id, **{k: scores[k] for k in ("dice", "iou", "precision", "recall",
+                                                                             "hd95")}})
+        if config.task == "lesion":
+            matching = match_lesions(pred_image, ref_image)
+            bins = matching["bins"] if bins is None else [
+                {**b, **{k: b[k] + m[k] for k in ("tp", "fp", "fn")}} for b, m in zip(bins, matching["bins"])]
+    summary = {key: _mean([row[key] for row in per_case]) for key in ("dice", "iou", "precision", "recall", "hd95")}
+    return {**summary, "cases": per_case, **({"lesion_bins": bins} if bins is not None else {})}
+
+
+def _card(config: TrainConfig, name: str, fold: Fold, outcome: FitResult, energy: dict, test: dict,
+          ov_height: int | None) -> ModelCard:
+    preprocessing = config.preprocess.to_dict()
+    if Approach(config.approach) is Approach.OV:
+        preprocessing["crop"] = {"kind": "ov", "safe_distance_mm": config.safe_distance_mm, "multiple": 32,
+                                 "training_height": ov_height}
+    return ModelCard(
+        name=name,
+        task=config.task,
+        architecture=config.architecture,
+        architecture_kwargs=dict(config.architecture_options),
+        inputs=list(config.inputs),
+        preprocessing=preprocessing,
+        threshold=config.threshold,
+        training={
+            "dataset": config.dataset,
+            "approach": config.approach,
+            "fold": fold.index,
+            "train_patients": list(fold.train_patients),
+            "val_patients": list(fold.val_patients),
+            "epochs_run": len(outcome.history),
+            "best_epoch": outcome.best_epoch,
+            "seconds": round(outcome.seconds, 1),
+            "energy": energy,
+            "command": shlex.join(sys.argv),
+            "config": config.to_dict(),
+        },
+        metrics={"validation_loss": outcome.best_val_loss,
+                 "validation_dice": outcome.history[outcome.best_epoch - 1]["val_dice"] if outcome.history else None,
+                 "test": test},
+        notes=config.notes,
+    )
+
+
+def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
+    """Train and test every configured fold; write models, logs and the results tables. Returns the results."""
+    progress = progress or silent()
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = context.device(device)
+    output = Path(config.output_dir) / config.name
+    try:
+        masks = ("breast", "lesions") if config.task == "lesion" else ("breast",)
+        records = load_dataset(config.dataset, require=masks if Approach(config.approach).uses_brs
+                               else (TASK_MASKS[config.task],))
+        validate_dataset(records, config.task, min_patients=config.folds + config.test_patients, progress=progress)
+        split = split_patients([r.patient_id for r in records], config.folds, config.test_patients,
+                               config.optimisation.seed)
+        cases = [_select_channels(case, config.inputs)
+                 for case in prepare_records(records, config.preprocess, masks=masks, progress=progress)]
+        if context.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            write_json(config.to_dict(), output / "config.json")
+            write_json(split.to_dict(), output / "split.json")
+        test_cases = [c for c in cases if c.patient_id in split.test_patients]
+        outcomes = [_train_fold(config, split.folds[k], cases, test_cases, output, device, context, progress)
+                    for k in config.fold_numbers]
+        return _summarise(config, outcomes, output) if context.is_main else {}
+    finally:
+        shutdown_distributed(context)
+
+
+def _train_fold(config: TrainConfig, fold: Fold, cases: list[PreparedCase], test_cases: list[PreparedCase],
+                output: Path, device: torch.device, context, progress: Progress) -> FoldOutcome:
+    fold_dir = output / f"fold_{fold.index}"
+    train = make_slice_dataset(config, [c for c in cases if c.patient_id in fold.train_patients], training=True)
+    val = make_slice_dataset(config, [c for c in cases if c.patient_id in fold.val_patients], training=False,
+                             ov_height=train.ov_height)
+    if len(train) == 0 or len(val) == 0:
+        raise InputError(f"fold {fold.index} has no training or validation slices for approach {config.approach}")
+    torch.manual_seed(config.optimisation.seed)
+    model = build_model(config.architecture, in_channels=len(config.inputs), **config.architecture_options)
+    loss = build_loss(config.loss, **config.loss_weights)
+    with EnergyMeter(config.carbon) as meter:
+        result = fit(model, loss, train, val, config.optimisation, fold_dir, device, context, progress)
+    report = meter.report
+    energy = {"method": report.method, "seconds": round(report.seconds, 1), "energy_kwh": report.energy_kwh,
+              "co2_kg": report.co2_kg}
+    model.load_state_dict(result.best_state)
+    test = evaluate_on_cases(model, config, test_cases, train.ov_height, device)
+    card_path = fold_dir / "model" / f"{config.name}_fold{fold.index}.json"
+    if context.is_main:
+        card = _card(config, f"{config.name}_fold{fold.index}", fold, result, energy, test, train.ov_height)
+        card_path = save_model(model.cpu(), card, fold_dir / "model")
+        plot_loss_curves(result.history, fold_dir / "loss.png", f"{config.name}, fold {fold.index}")
+    return FoldOutcome(fold.index, result, energy, test, card_path)
+
+
+def _summarise(config: TrainConfig, outcomes: list[FoldOutcome], output: Path) -> dict:
+    """results.json / results.md, and the best fold's model as the run's model."""
+    rows = [{
+        "fold": o.fold, "epochs": len(o.result.history), "best_epoch": o.result.best_epoch,
+        "val_loss": round(o.result.best_val_loss, 4), "train_minutes": round(o.result.seconds / 60, 2),
+        "energy_kwh": round(o.energy["energy_kwh"], 4), "co2_kg": round(o.energy["co2_kg"], 4),
+        **{f"test_{k}": (None if o.test.get(k) is None else round(o.test[k], 4))
+           for k in ("dice", "iou", "precision", "recall", "hd95")},
+    } for o in outcomes]
+    best = min(outcomes, key=lambda o: o.result.best_val_loss)
+    model, card = load_model(best.card_path)
+    final_card = dataclasses.replace(card, name=config.name, weights="", sha256="",
+                                     metrics={**card.metrics, "cross_validation": rows})
+    final_path = save_model(model, final_card, output / "model")
+    results = {"name": config.name, "folds": rows, "best_fold": best.fold, "model": str(final_path)}
+    write_json(results, output / "results.json")
+    (output / "results.md").write_text(f"# {config.name}\n\n{markdown_table(rows)}\n", encoding="utf-8")
+    return results

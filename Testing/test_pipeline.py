@@ -1,0 +1,162 @@
+"""The segmentation pipeline and `breastseg segment`, with real networks whose outputs are known.
+
+The networks are the registered architectures with every weight zero and the last bias set, so each predicts a
+constant probability: the tests then check the pipeline's mechanics (grids, crop and paste, masks, outputs,
+errors) exactly, independently of any training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BreastSegmentationLib.cli import main
+from BreastSegmentationLib.errors import InputError
+from BreastSegmentationLib.inference.pipeline import load_models, segment_images
+from BreastSegmentationLib.inference.study import OUTPUT_FILES, segment_study, study_from_files
+from BreastSegmentationLib.models.cards import ModelCard, save_model
+from BreastSegmentationLib.models.registry import build_model
+
+
+def constant_model(architecture: str, inputs: int, logit: float) -> torch.nn.Module:
+    model = build_model(architecture, in_channels=inputs)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        last_conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last_conv.bias.fill_(logit)
+    return model
+
+
+def write_models(folder: Path, breast_logit: float, lesion_logit: float) -> Path:
+    breast_card = ModelCard(name="brs", task="breast", architecture="unet_small", inputs=["pre", "post"],
+                            preprocessing={"spacing_mm": [2.0, 2.0]})
+    lesion_card = ModelCard(name="bls", task="lesion", architecture="unetpp_small",
+                            inputs=["pre", "post", "subtraction"],
+                            preprocessing={"spacing_mm": [1.0, 1.0], "subtraction": True,
+                                           "crop": {"kind": "ov", "safe_distance_mm": 16.0, "multiple": 32}})
+    save_model(constant_model("unet_small", 2, breast_logit), breast_card, folder)
+    save_model(constant_model("unetpp_small", 3, lesion_logit), lesion_card, folder)
+    return folder
+
+
+def study_images(rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
+    pre = rng.normal(300.0, 30.0, size=(10, 40, 48)).astype(np.float32)
+    pre[:, :4] = rng.normal(5.0, 2.0, size=(10, 4, 48))  # air in front of the body
+    post = pre * 1.1
+    images = []
+    for array in (pre, post):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.9, 0.9, 2.0))
+        image.SetOrigin((-20.0, -30.0, 5.0))
+        images.append(image)
+    return images[0], images[1]
+
+
+@pytest.fixture
+def study_files(tmp_path, rng) -> tuple[Path, Path]:
+    pre, post = study_images(rng)
+    paths = tmp_path / "pre.nii.gz", tmp_path / "post.nrrd"
+    sitk.WriteImage(pre, str(paths[0]))
+    sitk.WriteImage(post, str(paths[1]))
+    return paths
+
+
+def test_segmentation_lies_on_the_pre_grid_and_lesions_stay_in_the_breast(tmp_path, rng):
+    models = load_models(write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0), "cpu")
+    pre, post = study_images(rng)
+    result = segment_images(pre, post, models)
+    for image in (result.breast, result.lesions, result.probability):
+        assert image.GetSize() == pre.GetSize() and image.GetOrigin() == pre.GetOrigin()
+    breast = sitk.GetArrayFromImage(result.breast)
+    lesions = sitk.GetArrayFromImage(result.lesions)
+    assert breast.all()  # the breast model says "breast" everywhere
+    assert set(np.unique(lesions)) == {1}  # one lesion component: the whole crop around the breast
+    assert not lesions[breast == 0].any()
+    probability = sitk.GetArrayFromImage(result.probability)
+    assert probability.max() == pytest.approx(1 / (1 + np.exp(-5.0)), abs=1e-3)
+    assert set(result.seconds) >= {"breast", "lesions"}
+
+
+def test_lesion_threshold_above_the_probability_finds_no_lesion(tmp_path, rng):
+    from BreastSegmentationLib.inference.pipeline import SegmentationOptions
+
+    models = load_models(write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=-1.0), "cpu")
+    result = segment_images(*study_images(rng), models, SegmentationOptions(threshold=0.5))
+    assert sitk.GetArrayFromImage(result.lesions).sum() == 0
+
+
+def test_no_breast_found_is_a_clear_error_and_writes_nothing(tmp_path, rng):
+    models = load_models(write_models(tmp_path / "models", breast_logit=-5.0, lesion_logit=5.0), "cpu")
+    pre, post = study_images(rng)
+    with pytest.raises(InputError, match="no breast tissue found"):
+        segment_study(study_from_files_images(tmp_path, pre, post), tmp_path / "out", models)
+    assert not (tmp_path / "out").exists()
+
+
+def study_from_files_images(tmp_path: Path, pre: sitk.Image, post: sitk.Image):
+    sitk.WriteImage(pre, str(tmp_path / "p.nii.gz"))
+    sitk.WriteImage(post, str(tmp_path / "q.nii.gz"))
+    return study_from_files(tmp_path / "p.nii.gz", tmp_path / "q.nii.gz")
+
+
+def test_segment_command_writes_every_output_and_metrics_with_a_reference(tmp_path, study_files):
+    models = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
+    reference = sitk.Image(sitk.ReadImage(str(study_files[0])).GetSize(), sitk.sitkUInt8)
+    reference.CopyInformation(sitk.ReadImage(str(study_files[0])))
+    reference[10:20, 10:20, 3:6] = 1
+    sitk.WriteImage(reference, str(tmp_path / "ref.nii.gz"))
+    out = tmp_path / "out"
+    code = main(["--progress", "none", "segment", "--pre", str(study_files[0]), "--post", str(study_files[1]),
+                 "--out", str(out), "--models", str(models), "--device", "cpu",
+                 "--reference", str(tmp_path / "ref.nii.gz")])
+    assert code == 0
+    for name in OUTPUT_FILES + ("metrics.json", "lesion_matches.csv"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lesion_count"] == 1
+    assert [card["name"] for card in summary["models"]] == ["brs", "bls"]
+    assert all(len(card["sha256"]) == 64 for card in summary["models"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recall"] == pytest.approx(1.0)
+    assert metrics["lesions"]["tp"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
+
+
+@pytest.mark.parametrize("problem", ["missing", "2d", "no_overlap"])
+def test_segment_command_rejects_bad_input_with_exit_2_and_no_output(tmp_path, study_files, problem, capsys):
+    models = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
+    post = study_files[1]
+    if problem == "missing":
+        post = tmp_path / "absent.nii.gz"
+    elif problem == "2d":
+        post = tmp_path / "flat.nii.gz"
+        sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(post))
+    else:
+        far = sitk.ReadImage(str(study_files[1]))
+        far.SetOrigin((500.0, 0.0, 0.0))
+        post = tmp_path / "far.nii.gz"
+        sitk.WriteImage(far, str(post))
+    out = tmp_path / "out"
+    code = main(["--progress", "none", "segment", "--pre", str(study_files[0]), "--post", str(post),
+                 "--out", str(out), "--models", str(models), "--device", "cpu"])
+    assert code == 2
+    assert not out.exists()
+    error = capsys.readouterr().err
+    assert {"missing": "not found", "2d": "2-D", "no_overlap": "do not overlap"}[problem] in error
+
+
+def test_tampered_weights_are_refused(tmp_path, study_files):
+    models = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
+    weights = models / "bls.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code = main(["--progress", "none", "segment", "--pre", str(study_files[0]), "--post", str(study_files[1]),
+                 "--out", str(tmp_path / "out"), "--models", str(models), "--device", "cpu"])
+    assert code == 2 and not (tmp_path / "out").exists()
