@@ -1,0 +1,187 @@
+"""Segment every study of a folder: the same outputs as ``breastseg segment`` per study, plus a batch summary.
+
+A study is a folder holding a pre- and a post-contrast image file (recognised by name, as the Slicer module
+recognises loaded volumes) or DICOM files (discovered by ``segment --dicom``). The input folder itself may be
+one study (image pair or DICOM files directly inside); otherwise each sub-folder holding a study is one. Each
+study runs through the registered ``segment`` command in this process, so the outputs are exactly the
+command's; one failing study is recorded in the summary and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .background import SegmentRequest, segment_arguments
+from .errors import InputError
+from .io.images import SINGLE_FILE_SUFFIXES
+from .progress import Cancelled, Progress, silent
+from .reports.tables import write_csv, write_json
+from .scene import LESION_TABLE_FILE, VolumeCandidate, choose_pre_post, read_lesion_rows
+
+log = logging.getLogger(__name__)
+
+SUMMARY_CSV = "batch_summary.csv"
+SUMMARY_JSON = "batch_summary.json"
+
+_DICOM_MAGIC_OFFSET = 128
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study to segment: pre + post image files, or a DICOM folder."""
+
+    name: str
+    folder: Path
+    pre: Path | None = None
+    post: Path | None = None
+    dicom: Path | None = None
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Options passed to ``segment`` for every study."""
+
+    device: str = "auto"
+    models: Path | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """One line of the batch summary."""
+
+    study: str
+    status: str
+    exit_code: int
+    message: str
+    output_dir: str
+    lesions: int | None
+    lesion_volume_mm3: float | None
+    seconds: float
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir()
+                  if path.is_file() and path.name.lower().endswith(SINGLE_FILE_SUFFIXES))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(_DICOM_MAGIC_OFFSET)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _holds_dicom(folder: Path, nested: bool) -> bool:
+    """DICOM files directly in ``folder`` or, when ``nested``, anywhere below it (series in sub-folders)."""
+    paths = folder.rglob("*") if nested else folder.iterdir()
+    return any(_is_dicom_file(path) for path in paths if path.is_file())
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(next(s for s in SINGLE_FILE_SUFFIXES if name.lower().endswith(s)))]
+
+
+def study_in(folder: Path, nested: bool = True) -> Study | None:
+    """The study stored in ``folder``: a recognised pre/post pair of image files first, else DICOM files
+    (directly in ``folder``, or also in its sub-folders when ``nested``)."""
+    images = {os.fspath(path): path for path in _image_files(folder)}
+    pre_key, post_key = choose_pre_post([VolumeCandidate(key, _stem(path)) for key, path in images.items()])
+    if pre_key and post_key:
+        return Study(folder.name, folder, pre=images[pre_key], post=images[post_key])
+    if _holds_dicom(folder, nested):
+        return Study(folder.name, folder, dicom=folder)
+    return None
+
+
+def discover_studies(input_dir: str | os.PathLike) -> list[Study]:
+    """The studies of ``input_dir``: the folder itself when it directly holds a study, else its sub-folders."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError("is not a folder", input_dir)
+    own = study_in(input_dir, nested=False)
+    if own is not None:
+        return [own]
+    studies = [study for child in sorted(input_dir.iterdir()) if child.is_dir() and (study := study_in(child))]
+    if not studies:
+        raise InputError("holds no study: no sub-folder with a pre- and post-contrast image pair or DICOM files",
+                         input_dir)
+    return studies
+
+
+def study_request(study: Study, output_dir: Path, options: BatchOptions) -> SegmentRequest:
+    """The ``segment`` request of one study, writing into ``output_dir/<study name>``."""
+    return SegmentRequest(out_dir=output_dir / study.name, pre=study.pre, post=study.post, dicom=study.dicom,
+                          device=options.device, models=options.models, threshold=options.threshold)
+
+
+def lesion_totals(study_output_dir: Path) -> tuple[int | None, float | None]:
+    """Number of lesions and their total volume (mm3) from a study's ``lesions.csv``; None when it is absent."""
+    table = study_output_dir / LESION_TABLE_FILE
+    if not table.is_file():
+        return None, None
+    rows = read_lesion_rows(table)
+    return len(rows), math.fsum(row.volume_mm3 for row in rows)
+
+
+def _study_progress(progress: Progress, study: Study, index: int, total: int) -> Progress:
+    """Progress of one study, reported through ``progress`` with the study named in the stage."""
+    def report(stage: str, done: float) -> None:
+        progress.update(f"{study.name} ({index}/{total}): {stage}", done)
+
+    return Progress(report, progress.cancel_event)
+
+
+def segment_study(study: Study, output_dir: Path, options: BatchOptions, progress: Progress) -> StudyResult:
+    """Run ``segment`` on one study; a failure becomes the result's status and message instead of an exception."""
+    # Imported here: the command modules load torch and the models, not needed to plan or summarise a batch.
+    from .cli import build_parser
+
+    request = study_request(study, output_dir, options)
+    args = build_parser().parse_args(segment_arguments(request))
+    started = time.perf_counter()
+    try:
+        exit_code, status, message = int(args.handler(args, progress) or 0), "ok", ""
+    except InputError as error:
+        exit_code, status, message = 2, "bad input", str(error)
+    except Cancelled:
+        raise
+    except Exception as error:  # a bug in one study must not stop the others; the traceback goes to the log
+        log.exception("internal error while segmenting %s", study.folder)
+        exit_code, status, message = 1, "failed", f"internal error: {error}"
+    if exit_code != 0 and status == "ok":
+        status, message = "failed", f"segment exited with code {exit_code}"
+    lesions, volume = lesion_totals(request.out_dir) if status == "ok" else (None, None)
+    return StudyResult(study.name, status, exit_code, message, os.fspath(request.out_dir), lesions, volume,
+                       round(time.perf_counter() - started, 2))
+
+
+def write_batch_summary(results: list[StudyResult], output_dir: str | os.PathLike) -> Path:
+    """Write ``batch_summary.csv`` and ``batch_summary.json`` into ``output_dir``; return the CSV path."""
+    output_dir = Path(output_dir)
+    rows = [asdict(result) for result in results]
+    write_json({"studies": rows, "ok": sum(r.status == "ok" for r in results), "total": len(results)},
+               output_dir / SUMMARY_JSON)
+    return write_csv(rows, output_dir / SUMMARY_CSV, columns=list(StudyResult.__dataclass_fields__))
+
+
+def run_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, options: BatchOptions | None = None,
+              progress: Progress | None = None) -> list[StudyResult]:
+    """Segment every study of ``input_dir`` into ``output_dir/<study>``; write and return the batch summary."""
+    options = options or BatchOptions()
+    progress = progress or silent()
+    output_dir = Path(output_dir)
+    studies = discover_studies(input_dir)
+    results = [segment_study(study, output_dir, options, _study_progress(progress, study, index, len(studies)))
+               for index, study in enumerate(studies, start=1)]
+    write_batch_summary(results, output_dir)
+    return results
