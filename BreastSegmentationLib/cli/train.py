@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from ..progress import Progress
 from ..training.config import load_config
@@ -27,12 +28,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--folds", type=int, nargs="+", metavar="K", help="train only these folds (0-based)")
     parser.add_argument("--epochs", type=int, help="override optimisation.epochs")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the configuration's device")
+    parser.add_argument("--dataset", help="override the configuration's dataset (folder or manifest)")
+    parser.add_argument("--output-dir", help="override the configuration's output folder")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, progress: Progress) -> int:
     config = load_config(args.config)
     overrides = {"run_folds": args.folds, "device": args.device,
+                 "dataset": args.dataset and str(Path(args.dataset).resolve()),
+                 "output_dir": args.output_dir and str(Path(args.output_dir).resolve()),
                  "optimisation": None if args.epochs is None else replace(config.optimisation, epochs=args.epochs)}
     config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     results = run_training(config, progress)

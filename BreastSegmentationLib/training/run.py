@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,10 @@ from .splits import Fold, split_patients
 from .trainer import FitResult, fit
 
 log = logging.getLogger(__name__)
+
+# Breast slices without lesion have no foreground to centre a patch on; MONAI warns for each such slice and then
+# samples anywhere, which is what is wanted here.
+warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
 
 
 @dataclass
@@ -81,7 +86,8 @@ def _training_transform(config: TrainConfig) -> Compose | None:
                                          num_samples=1, allow_smaller=True), _first_patch]
     if config.augmentation > 0:
         steps.append(training_transforms(2, config.augmentation))
-    return Compose(steps) if steps else None
+    # map_items=False: the crop's one-patch list reaches _first_patch whole instead of item by item.
+    return Compose(steps, map_items=False) if steps else None
 
 
 def make_slice_dataset(config: TrainConfig, cases: list[PreparedCase], training: bool,

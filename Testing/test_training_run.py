@@ -1,0 +1,109 @@
+"""A whole training run from a configuration: checks first, folds by patient, models and tables written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from BreastSegmentationLib.cli import main
+from BreastSegmentationLib.data.datasets import load_dataset, write_manifest
+from BreastSegmentationLib.data.phantom import write_cases
+from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_records
+from BreastSegmentationLib.data.slices import SliceDataset
+from BreastSegmentationLib.inference.pipeline import load_models
+from BreastSegmentationLib.models.cards import load_model
+
+
+@pytest.fixture(scope="module")
+def phantom_lesion_manifest(tmp_path_factory) -> Path:
+    """Small phantom cases, those with lesions listed in a manifest (a lesion dataset needs lesions)."""
+    root = tmp_path_factory.mktemp("phantom")
+    write_cases(root / "cases", 9, seed=5, shape=(64, 64, 16))
+    records = [r for r in load_dataset(root / "cases") if json.loads((Path(r.pre).parent / "case.json").read_text())
+               ["lesions"]]
+    assert len(records) >= 5, "the phantom should give most cases a lesion"
+    return write_manifest(records, root / "lesions.csv")
+
+
+def write_config(folder: Path, dataset: Path, **changes) -> Path:
+    config = {
+        "name": "tiny", "task": "lesion", "dataset": str(dataset), "output_dir": str(folder / "runs"),
+        "architecture": "unet_small", "inputs": ["pre", "post", "subtraction"], "approach": "ov", "slices": "breast",
+        "preprocessing": {"spacing_mm": [2.5, 2.5], "subtraction": True},
+        "patches": {"size": [32, 32], "foreground_ratio": 0.5}, "augmentation": 0.5,
+        "folds": 2, "test_patients": 1, "run_folds": [0],
+        "optimisation": {"epochs": 2, "batch_size": 8}, "device": "cpu",
+    }
+    config.update(changes)
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_training_writes_a_loadable_model_card_logs_and_results(tmp_path, phantom_lesion_manifest, capsys):
+    config = write_config(tmp_path, phantom_lesion_manifest)
+    assert main(["--progress", "none", "train", str(config)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    results = json.loads((run / "results.json").read_text())
+    assert [row["fold"] for row in results["folds"]] == [0]
+    assert (run / "fold_0" / "log.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert (run / "fold_0" / "loss.png").stat().st_size > 0
+    model, card = load_model(run / "model" / "tiny.json")
+    assert card.task == "lesion" and card.inputs == ["pre", "post", "subtraction"]
+    assert card.preprocessing["crop"]["kind"] == "ov"
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["test_patients"]) & set(card.training["train_patients"] + card.training["val_patients"])
+    assert "dice" in card.metrics["test"] and card.metrics["cross_validation"][0]["fold"] == 0
+    assert card.training["energy"]["co2_kg"] >= 0
+
+
+def test_resumed_training_continues_from_the_checkpoint(tmp_path, phantom_lesion_manifest):
+    config = write_config(tmp_path, phantom_lesion_manifest, optimisation={"epochs": 1, "batch_size": 8})
+    assert main(["--progress", "none", "train", str(config)]) == 0
+    assert main(["--progress", "none", "train", str(config), "--epochs", "2"]) == 0
+    log = (tmp_path / "runs" / "tiny" / "fold_0" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
+
+
+def test_breast_slices_option_takes_every_slice_with_breast(phantom_lesion_manifest):
+    cases = prepare_records(load_dataset(phantom_lesion_manifest)[:2], PreprocessConfig(spacing_mm=(2.5, 2.5)))
+    lesion_slices = SliceDataset(cases, approach="ov", task="lesion")
+    breast_slices = SliceDataset(cases, approach="ov", task="lesion", breast_slices=True)
+    assert len(breast_slices) > len(lesion_slices)
+    assert len(breast_slices) == sum(int(c.breast.any(axis=(1, 2)).sum()) for c in cases)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"architecture": "nonet"}, "unknown architecture"),
+    ({"approach": "sideways"}, "approach must be one of"),
+    ({"learning_rate": 0.1}, "unknown key"),
+    ({"folds": 20}, "at least 21"),
+    ({"inputs": ["pre", "post", "subtraction"], "preprocessing": {}}, "subtraction"),
+])
+def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_lesion_manifest, change, message,
+                                                            capsys):
+    config = write_config(tmp_path, phantom_lesion_manifest, **change)
+    assert main(["--progress", "none", "train", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny" / "fold_0").exists()
+
+
+def test_trained_models_run_through_the_pipeline(tmp_path, phantom_lesion_manifest):
+    """A breast and a lesion model from `train` form a model folder that `segment` loads."""
+    (tmp_path / "l").mkdir()
+    (tmp_path / "b").mkdir()
+    lesion = write_config(tmp_path / "l", phantom_lesion_manifest)
+    breast = write_config(tmp_path / "b", phantom_lesion_manifest, name="tinybrs", task="breast", approach="wv",
+                          slices="approach", inputs=["pre", "post"], loss="dice", patches={"size": None},
+                          preprocessing={"spacing_mm": [3.0, 3.0]})
+    assert main(["--progress", "none", "train", str(lesion), "--epochs", "1"]) == 0
+    assert main(["--progress", "none", "train", str(breast), "--epochs", "1"]) == 0
+    models = tmp_path / "models"
+    models.mkdir()
+    for run in (tmp_path / "l" / "runs" / "tiny", tmp_path / "b" / "runs" / "tinybrs"):
+        for file in (run / "model").iterdir():
+            (models / file.name).write_bytes(file.read_bytes())
+    loaded = load_models(models, "cpu")
+    assert loaded.breast.card.name == "tinybrs" and loaded.lesion.card.name == "tiny"
