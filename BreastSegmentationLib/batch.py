@@ -16,12 +16,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .background import SegmentRequest, segment_arguments
 from .errors import InputError
+from .inference.pipeline import ModelSet, SegmentationOptions, load_models
+from .inference.postprocess import LesionCleaning
+from .inference.study import StudyInput, segment_study, study_from_dicom, study_from_files
 from .io.images import SINGLE_FILE_SUFFIXES
 from .progress import Cancelled, Progress, silent
 from .reports.tables import write_csv, write_json
-from .scene import LESION_TABLE_FILE, VolumeCandidate, choose_pre_post, read_lesion_rows
+from .scene import VolumeCandidate, choose_pre_post
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class BatchOptions:
     device: str = "auto"
     models: Path | None = None
     threshold: float | None = None
+    min_lesion_mm3: float = LesionCleaning().min_volume_mm3
 
 
 @dataclass(frozen=True)
@@ -118,21 +121,6 @@ def discover_studies(input_dir: str | os.PathLike) -> list[Study]:
     return studies
 
 
-def study_request(study: Study, output_dir: Path, options: BatchOptions) -> SegmentRequest:
-    """The ``segment`` request of one study, writing into ``output_dir/<study name>``."""
-    return SegmentRequest(out_dir=output_dir / study.name, pre=study.pre, post=study.post, dicom=study.dicom,
-                          device=options.device, models=options.models, threshold=options.threshold)
-
-
-def lesion_totals(study_output_dir: Path) -> tuple[int | None, float | None]:
-    """Number of lesions and their total volume (mm3) from a study's ``lesions.csv``; None when it is absent."""
-    table = study_output_dir / LESION_TABLE_FILE
-    if not table.is_file():
-        return None, None
-    rows = read_lesion_rows(table)
-    return len(rows), math.fsum(row.volume_mm3 for row in rows)
-
-
 def _study_progress(progress: Progress, study: Study, index: int, total: int) -> Progress:
     """Progress of one study, reported through ``progress`` with the study named in the stage."""
     def report(stage: str, done: float) -> None:
@@ -141,16 +129,25 @@ def _study_progress(progress: Progress, study: Study, index: int, total: int) ->
     return Progress(report, progress.cancel_event)
 
 
-def segment_study(study: Study, output_dir: Path, options: BatchOptions, progress: Progress) -> StudyResult:
-    """Run ``segment`` on one study; a failure becomes the result's status and message instead of an exception."""
-    # Imported here: the command modules load torch and the models, not needed to plan or summarise a batch.
-    from .cli import build_parser
+def _read_study(study: Study, progress: Progress) -> StudyInput:
+    if study.dicom is not None:
+        return study_from_dicom(study.dicom, progress)
+    return study_from_files(study.pre, study.post)
 
-    request = study_request(study, output_dir, options)
-    args = build_parser().parse_args(segment_arguments(request))
+
+def segment_one(study: Study, output_dir: Path, models: ModelSet, options: BatchOptions,
+                progress: Progress) -> StudyResult:
+    """Segment one study into ``output_dir/<study name>``; a failure becomes the result's status and message."""
+    out_dir = output_dir / study.name
     started = time.perf_counter()
+    lesions = volume = None
     try:
-        exit_code, status, message = int(args.handler(args, progress) or 0), "ok", ""
+        summary = segment_study(_read_study(study, progress), out_dir, models,
+                                SegmentationOptions(options.threshold, LesionCleaning(options.min_lesion_mm3)),
+                                progress=progress)
+        exit_code, status, message = 0, "ok", ""
+        lesions = summary["lesion_count"]
+        volume = math.fsum(row["volume_mm3"] for row in summary["lesions"])
     except InputError as error:
         exit_code, status, message = 2, "bad input", str(error)
     except Cancelled:
@@ -158,10 +155,7 @@ def segment_study(study: Study, output_dir: Path, options: BatchOptions, progres
     except Exception as error:  # a bug in one study must not stop the others; the traceback goes to the log
         log.exception("internal error while segmenting %s", study.folder)
         exit_code, status, message = 1, "failed", f"internal error: {error}"
-    if exit_code != 0 and status == "ok":
-        status, message = "failed", f"segment exited with code {exit_code}"
-    lesions, volume = lesion_totals(request.out_dir) if status == "ok" else (None, None)
-    return StudyResult(study.name, status, exit_code, message, os.fspath(request.out_dir), lesions, volume,
+    return StudyResult(study.name, status, exit_code, message, os.fspath(out_dir), lesions, volume,
                        round(time.perf_counter() - started, 2))
 
 
@@ -181,7 +175,8 @@ def run_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, optio
     progress = progress or silent()
     output_dir = Path(output_dir)
     studies = discover_studies(input_dir)
-    results = [segment_study(study, output_dir, options, _study_progress(progress, study, index, len(studies)))
+    models = load_models(options.models, options.device)
+    results = [segment_one(study, output_dir, models, options, _study_progress(progress, study, index, len(studies)))
                for index, study in enumerate(studies, start=1)]
     write_batch_summary(results, output_dir)
     return results

@@ -160,3 +160,23 @@ def test_tampered_weights_are_refused(tmp_path, study_files):
     code = main(["--progress", "none", "segment", "--pre", str(study_files[0]), "--post", str(study_files[1]),
                  "--out", str(tmp_path / "out"), "--models", str(models), "--device", "cpu"])
     assert code == 2 and not (tmp_path / "out").exists()
+
+
+def test_many_studies_one_failing_is_reported_and_the_others_go_on(tmp_path, study_files):
+    models = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
+    studies = tmp_path / "studies"
+    (studies / "good").mkdir(parents=True)
+    (studies / "flat").mkdir()
+    for path, name in zip(study_files, ("pre.nii.gz", "post.nrrd")):
+        (studies / "good" / name).write_bytes(path.read_bytes())
+    sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(studies / "flat" / "pre.nii.gz"))
+    sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(studies / "flat" / "post.nii.gz"))
+    out = tmp_path / "out"
+    code = main(["--progress", "none", "segment", "--input-dir", str(studies), "--out", str(out),
+                 "--models", str(models), "--device", "cpu"])
+    assert code == 1
+    summary = json.loads((out / "batch_summary.json").read_text())
+    status = {row["study"]: (row["status"], row["message"]) for row in summary["studies"]}
+    assert status["good"][0] == "ok" and status["flat"][0] == "bad input" and "2-D" in status["flat"][1]
+    assert all((out / "good" / name).is_file() for name in OUTPUT_FILES)
+    assert not (out / "flat").exists()

@@ -49,8 +49,6 @@ from BreastSegmentationLib.batch import (
     BatchOptions,
     StudyResult,
     discover_studies,
-    lesion_totals,
-    study_request,
     write_batch_summary,
 )
 from BreastSegmentationLib.errors import InputError
@@ -560,7 +558,7 @@ def test_slicer_requirements_cover_the_library_dependencies():
 
 def test_module_imports_need_neither_torch_nor_monai():
     """The Slicer module imports these before it has installed PyTorch and MONAI."""
-    code = ("import sys, BreastSegmentationLib.scene, BreastSegmentationLib.background, BreastSegmentationLib.batch, "
+    code = ("import sys, BreastSegmentationLib.scene, BreastSegmentationLib.background, "
             "BreastSegmentationLib.resources, BreastSegmentationLib.io.geometry, BreastSegmentationLib.io.images; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'tqdm')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -610,23 +608,6 @@ def test_no_study_is_a_clear_error(tmp_path):
         discover_studies(tmp_path)
     with pytest.raises(InputError, match="is not a folder"):
         discover_studies(tmp_path / "missing")
-
-
-def test_study_request_writes_into_a_folder_per_study(tmp_path):
-    write_volume(tmp_path / "in" / "s1" / "pre.nii.gz")
-    write_volume(tmp_path / "in" / "s1" / "post.nii.gz")
-    (study,) = discover_studies(tmp_path / "in")
-    request = study_request(study, tmp_path / "out", BatchOptions(device="cpu", threshold=0.4))
-    arguments = segment_arguments(request)
-    assert arguments[arguments.index("--out") + 1] == str(tmp_path / "out" / "s1")
-    assert arguments[arguments.index("--pre") + 1] == str(tmp_path / "in" / "s1" / "pre.nii.gz")
-    assert arguments[-4:] == ["--device", "cpu", "--threshold", "0.4"]
-
-
-def test_lesion_totals_from_the_lesion_table(outputs_dir, tmp_path):
-    count, volume = lesion_totals(outputs_dir)
-    assert count == 2 and volume == pytest.approx(13.44 + 2.24)
-    assert lesion_totals(tmp_path / "nothing") == (None, None)
 
 
 def test_batch_summary_files(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..inference.pipeline import SegmentationOptions, load_models
 from ..inference.postprocess import LesionCleaning
 from ..inference.study import StudyInput, segment_study, study_from_dicom, study_from_files
+from ..batch import BatchOptions, run_batch
 from ..progress import Progress
 from .console import print_json
 
@@ -36,13 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "DICOM folder) or as a DICOM study folder whose phases are found automatically. Writes breast.nii.gz, "
             "lesions.nii.gz (labels 1..N, largest first), lesion_probability.nii.gz, lesions.csv, summary.json and "
             "overview.png into OUT; with --reference also metrics.json (Dice, IoU, precision, recall, HD, HD95, "
-            "FP/FN lesions by volume) and lesion_matches.csv. Nothing is written unless everything succeeds."
+            "FP/FN lesions by volume) and lesion_matches.csv. Nothing is written unless everything succeeds. "
+            "With --input-dir every study of a folder (sub-folders with a pre/post pair or DICOM files) is segmented "
+            "into OUT/<study>/ with one summary table (batch_summary.csv); a failing study is reported there and the "
+            "others go on (exit code 1 if any failed)."
         ),
     )
-    source = parser.add_argument_group("input (either --pre and --post, or --dicom)")
+    source = parser.add_argument_group("input (--pre and --post, --dicom, or --input-dir)")
     source.add_argument("--pre", metavar="FILE", help="pre-contrast volume")
     source.add_argument("--post", metavar="FILE", help="first post-contrast volume")
     source.add_argument("--dicom", metavar="STUDY_DIR", help="DICOM study folder (see 'breastseg inspect')")
+    source.add_argument("--input-dir", metavar="DIR", help="a folder of studies, segmented one after the other")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--reference", metavar="LESION_MASK",
                         help="reference lesion mask on the pre-contrast grid: adds metrics and the FP/FN table")
@@ -55,8 +60,8 @@ def options_from(args: argparse.Namespace) -> SegmentationOptions:
 
 
 def read_study(args: argparse.Namespace, progress: Progress) -> StudyInput:
-    if args.dicom and (args.pre or args.post):
-        args.parser.error("give either --dicom or --pre and --post, not both")
+    if sum(bool(choice) for choice in (args.dicom, args.pre or args.post, args.input_dir)) > 1:
+        args.parser.error("give one input: --pre and --post, --dicom, or --input-dir")
     if args.dicom:
         return study_from_dicom(args.dicom, progress)
     if not (args.pre and args.post):
@@ -64,7 +69,21 @@ def read_study(args: argparse.Namespace, progress: Progress) -> StudyInput:
     return study_from_files(args.pre, args.post)
 
 
+def run_many(args: argparse.Namespace, progress: Progress) -> int:
+    if args.reference or args.pre or args.post or args.dicom:
+        args.parser.error("--input-dir segments whole folders: it takes no --pre, --post, --dicom or --reference")
+    options = BatchOptions(device=args.device, models=args.models and Path(args.models), threshold=args.threshold,
+                           min_lesion_mm3=args.min_lesion_mm3)
+    results = run_batch(args.input_dir, args.out, options, progress)
+    print_json({"output": str(Path(args.out).resolve()), "studies": len(results),
+                "failed": [{"study": r.study, "status": r.status, "message": r.message}
+                           for r in results if r.status != "ok"]})
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
 def run(args: argparse.Namespace, progress: Progress) -> int:
+    if args.input_dir:
+        return run_many(args, progress)
     study = read_study(args, progress)
     models = load_models(args.models, args.device)
     summary = segment_study(study, args.out, models, options_from(args), args.reference, progress=progress)
