@@ -96,6 +96,7 @@ class Segmentation:
     seconds: dict[str, float]
     device: str
     threshold: float
+    network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def _channels(prepared: PreparedCase, inputs: list[str]) -> np.ndarray:
@@ -106,24 +107,22 @@ def _channels(prepared: PreparedCase, inputs: list[str]) -> np.ndarray:
     return prepared.image[[prepared.channels.index(name) for name in inputs]]
 
 
-def _grid_image(array: np.ndarray, prepared: PreparedCase) -> sitk.Image:
-    return prepared.grid.image(array)
-
-
 def _predict_breast(models: ModelSet, pre: sitk.Image, post: sitk.Image, options: SegmentationOptions,
-                    progress: Progress) -> sitk.Image:
-    """Breast probability on the breast model's grid (every slice: the breast may be anywhere)."""
+                    progress: Progress) -> tuple[sitk.Image, tuple[int, ...]]:
+    """Breast probability on the breast model's grid (every slice: the breast may be anywhere), and the
+    (C, z, y, x) shape the network ran on."""
     model = models.breast
     prepared = prepare_case(pre, post, config=model.preprocessing, case_id="study")
     channels = _channels(prepared, model.card.inputs)
     probability = predict_slices(model.network, channels, range(channels.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="breast region")
-    return _grid_image(probability, prepared)
+    return prepared.grid.image(probability), channels.shape
 
 
 def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarray, options: SegmentationOptions,
-                     progress: Progress) -> np.ndarray:
-    """Lesion probability on the lesion model's grid, computed only inside the crop around the breast."""
+                     progress: Progress) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Lesion probability on the lesion model's grid, computed only inside the crop around the breast, and the
+    (C, z, y, x) shape the network ran on."""
     model = models.lesion
     crop = model.crop
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
@@ -132,7 +131,7 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
     cropped = box.apply(masked)
     probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions")
-    return box.paste(probability, breast.shape)
+    return box.paste(probability, breast.shape), cropped.shape
 
 
 def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options: SegmentationOptions | None = None,
@@ -150,7 +149,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     seconds["align"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    breast_probability = _predict_breast(models, pre, post, options, progress)
+    breast_probability, breast_input = _predict_breast(models, pre, post, options, progress)
     seconds["breast"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -161,21 +160,22 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     if not breast_array.any():
         raise InputError("no breast tissue found: the breast model found no breast in this study "
                          "(is it a breast DCE-MRI, and are pre and post the right series?)")
-    lesion_probability = _predict_lesions(models, prepared, breast_array, options, progress)
+    lesion_probability, lesion_input = _predict_lesions(models, prepared, breast_array, options, progress)
     seconds["lesions"] = time.perf_counter() - started
 
     started = time.perf_counter()
     threshold = models.lesion.card.threshold if options.threshold is None else options.threshold
-    candidates = _grid_image((lesion_probability > threshold).astype(np.uint8), prepared)
+    candidates = prepared.grid.image((lesion_probability > threshold).astype(np.uint8))
     lesions = clean_lesion_mask(candidates, breast, options.lesion_cleaning)
     result = Segmentation(
         breast=resample_like(breast, pre, is_mask=True),
         lesions=resample_like(lesions, pre, is_mask=True),
-        probability=resample_like(_grid_image(lesion_probability, prepared), pre),
+        probability=resample_like(prepared.grid.image(lesion_probability), pre),
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),
         threshold=threshold,
+        network_inputs={"breast": breast_input, "lesion": lesion_input},
     )
     seconds["restore"] = time.perf_counter() - started
     progress.update("done", 1.0)

@@ -1,0 +1,92 @@
+"""Speed and memory of `breastseg segment` on a 352 x 352 x 150 phantom study.
+
+    python benchmarks/segment.py [--models DIR] [--threads 2] [--repeats 2] [--out segment.json]
+
+Measured side by side in one run: the whole job (read -> segment -> lesion table -> outputs written) and the bare
+forward passes of the two networks it contains (same slices, same batch size). Prints the end-to-end time, the
+forward-pass time, their ratio (target <= 1.25), and the peak resident memory of this process (target <= 4 GB).
+With CUDA present the same figures are printed for the GPU. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from BreastSegmentationLib.data.phantom import generate_case
+from BreastSegmentationLib.inference.pipeline import ModelSet, load_models
+from BreastSegmentationLib.inference.runtime import configure_cpu_threads, predict_slices
+from BreastSegmentationLib.inference.study import segment_study, study_from_files
+
+SHAPE = (352, 352, 150)
+
+
+def write_study(folder: Path, seed: int) -> tuple[Path, Path]:
+    case = generate_case(seed, shape=SHAPE)
+    paths = folder / "pre.nii.gz", folder / "post.nii.gz"
+    sitk.WriteImage(case.pre, str(paths[0]))
+    sitk.WriteImage(case.posts[0], str(paths[1]))
+    return paths
+
+
+def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]]) -> float:
+    """The two networks alone on inputs of exactly the shapes the pipeline gave them."""
+    started = time.perf_counter()
+    for task, model in (("breast", models.breast), ("lesion", models.lesion)):
+        inputs = np.random.default_rng(0).normal(size=network_inputs[task]).astype(np.float32)
+        predict_slices(model.network, inputs, range(inputs.shape[1]), models.device)
+    if models.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def measure(models: ModelSet, paths: tuple[Path, Path], repeats: int) -> dict:
+    """Fastest of ``repeats`` whole jobs (files in, outputs written) and of the bare forward passes."""
+    runs, forwards = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            summary = segment_study(study_from_files(*paths), out, models)
+            runs.append(time.perf_counter() - started)
+        forwards.append(bare_forward_seconds(models, {k: tuple(v) for k, v in summary["network_inputs"].items()}))
+    end_to_end, forward = min(runs), min(forwards)
+    return {"device": summary["device"], "end_to_end_s": round(end_to_end, 2), "forward_s": round(forward, 2),
+            "ratio": round(end_to_end / forward, 2), "stages_s": summary["seconds"],
+            "network_inputs": summary["network_inputs"], "lesions": summary["lesion_count"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", help="model folder (default: the bundled models)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2, the target's setting)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per figure; the fastest counts")
+    parser.add_argument("--seed", type=int, default=9100)
+    parser.add_argument("--out", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    configure_cpu_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_study(Path(folder), args.seed)
+        results["cpu"] = measure(load_models(args.models, "cpu"), paths, args.repeats)
+        if torch.cuda.is_available():
+            results["cuda"] = measure(load_models(args.models, "cuda"), paths, args.repeats)
+    results["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)
+    results["targets"] = {"end_to_end_s": 30.0, "ratio": 1.25, "peak_memory_gb": 4.0}
+    print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
