@@ -14,6 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging folder; on success move its files into ``final_dir`` (created if needed).
@@ -51,6 +57,7 @@ def atomic_output_file(final_path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes the file private; outputs are not
         os.replace(temporary, final_path)
     finally:
         temporary.unlink(missing_ok=True)
