@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,17 @@ def test_trained_models_run_through_the_pipeline(tmp_path, phantom_lesion_manife
             (models / file.name).write_bytes(file.read_bytes())
     loaded = load_models(models, "cpu")
     assert loaded.breast.card.name == "tinybrs" and loaded.lesion.card.name == "tiny"
+
+
+def test_data_parallel_training_with_torchrun_on_two_cpu_processes(tmp_path, phantom_lesion_manifest):
+    """torchrun starts two processes (gloo on the CPU); they train one model and only rank 0 writes it."""
+    config = write_config(tmp_path, phantom_lesion_manifest, optimisation={"epochs": 1, "batch_size": 4})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "BreastSegmentationLib.cli", "--progress", "none", "train", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "runs" / "tiny" / "fold_0" / "log.csv").read_text().splitlines()
+    assert len(log) == 2  # one epoch, logged once
+    _, card = load_model(tmp_path / "runs" / "tiny" / "model" / "tiny.json")
+    assert card.training["epochs_run"] == 1
