@@ -10,7 +10,13 @@ from torch.utils.data import Dataset
 
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.training.splits import split_patients
-from BreastSegmentationLib.training.trainer import CHECKPOINT_NAME, LOG_NAME, OptimisationSettings, fit
+from BreastSegmentationLib.training.trainer import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    OptimisationSettings,
+    fit,
+    mixed_precision_dtype,
+)
 
 
 class BrightSquares(Dataset):
@@ -50,7 +56,7 @@ def test_fit_learns_and_logs_every_epoch(tmp_path):
 
 
 def test_best_weights_are_those_of_the_best_epoch(tmp_path):
-    result = run(tmp_path, epochs=5)
+    result = run(tmp_path, epochs=5, amp=False)  # full precision, to recompute the logged loss exactly
     best_row = min(result.history, key=lambda row: row["val_loss"])
     assert result.best_epoch == best_row["epoch"]
     model = tiny_model()
@@ -77,6 +83,14 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
         torch.testing.assert_close(resumed.best_state[key], value)
     checkpoint = torch.load(tmp_path / "split" / CHECKPOINT_NAME, weights_only=True)
     assert checkpoint["epoch"] == 3
+
+
+def test_mixed_precision_is_bfloat16_on_cpus_with_native_support_and_off_on_request():
+    cpu = torch.device("cpu")
+    assert mixed_precision_dtype(cpu, enabled=False) is None
+    native = torch.cpu._is_avx512_bf16_supported()
+    assert mixed_precision_dtype(cpu, enabled=True) is (torch.bfloat16 if native else None)
+    assert mixed_precision_dtype(torch.device("cuda"), enabled=True) is torch.float16
 
 
 def test_split_is_by_patient_and_deterministic():

@@ -94,11 +94,12 @@ class SliceDataset(Dataset):
                  task: str = "lesion", breast_masks: Mapping[str, np.ndarray] | None = None,
                  transform: Callable | None = None, multiple: int = DEFAULT_MULTIPLE, ov_height: int | None = None,
                  safe_distance_mm: float | None = DEFAULT_SAFE_DISTANCE_MM, safe_distance_px: int | None = None,
-                 breast_slices: bool = False):
+                 breast_slices: bool = False, lesion_slice_repeats: int = 1):
         """``ov_height`` fixes the OV crop height (e.g. a model card's); by default it is the largest over ``cases``.
 
         ``breast_slices`` takes every slice with breast instead of the approach's own choice (BRS approaches only):
         a model that will run on every breast slice at inference then also learns from slices without lesion.
+        ``lesion_slice_repeats`` lists each slice with lesion that many times per epoch (oversampling the rare class).
         """
         self.approach = Approach(approach)
         if task == "breast" and self.approach is not Approach.WV_NO_BRS:
@@ -122,7 +123,9 @@ class SliceDataset(Dataset):
         self.labels = [pad_to(target.astype(np.uint8), self.spatial_shape) for target in targets]
         self.case_ids = [case.case_id for case in cases]
         self.slice_numbers = selected
-        self.index = [(case_index, local) for case_index, chosen in enumerate(selected) for local in range(len(chosen))]
+        self.index = [(case_index, local) for case_index, chosen in enumerate(selected) for local in range(len(chosen))
+                      for _ in range(lesion_slice_repeats if task == "lesion" and labels[case_index][chosen[local]].any()
+                                     else 1)]
 
     @staticmethod
     def _ov_boxes(cases: Sequence[PreparedCase], brs_masks: Sequence[np.ndarray], ov_height: int | None,

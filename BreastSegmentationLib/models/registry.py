@@ -80,11 +80,16 @@ def build_residual_unet(
     act: str = "relu",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """U-Net with residual units and skip connections (seed 004), MONAI's ``UNet``; strides 2 between levels."""
-    return UNet(
+    """U-Net with residual units and skip connections (seed 004), MONAI's ``UNet``; strides 2 between levels.
+
+    MONAI's last up-sampling block ends in batch norm + ReLU on its output channels; with one output channel that
+    squeezes the logit through a one-channel ReLU and training stalls. So the U-Net keeps ``channels[0]`` feature
+    maps at full resolution and a 1x1 convolution makes the logits, as in the original U-Net.
+    """
+    unet = UNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
-        out_channels=out_channels,
+        out_channels=channels[0],
         channels=tuple(channels),
         strides=(2,) * (len(channels) - 1),
         num_res_units=num_res_units,
@@ -92,6 +97,8 @@ def build_residual_unet(
         act=_choice(ACTIVATIONS, act, "act"),
         dropout=dropout,
     )
+    head = (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(channels[0], out_channels, kernel_size=1)
+    return nn.Sequential(unet, head)
 
 
 def nnunet_kernels_strides(

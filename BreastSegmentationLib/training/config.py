@@ -59,6 +59,7 @@ class TrainConfig:
     loss_weights: dict[str, float] = field(default_factory=dict)
     approach: str = "ov"
     slices: str = "approach"
+    lesion_slice_repeats: int = 1
     preprocessing: dict[str, Any] = field(default_factory=dict)
     safe_distance_mm: float = 16.0
     augmentation: float = 0.0
