@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from BreastSegmentationLib.cli import main
@@ -124,3 +125,18 @@ def test_data_parallel_training_with_torchrun_on_two_cpu_processes(tmp_path, pha
     assert len(log) == 2  # one epoch, logged once
     _, card = load_model(tmp_path / "runs" / "tiny" / "model" / "tiny.json")
     assert card.training["epochs_run"] == 1
+
+
+def test_lesion_slices_can_be_oversampled_in_training(phantom_lesion_manifest):
+    cases = prepare_records(load_dataset(phantom_lesion_manifest)[:2], PreprocessConfig(spacing_mm=(2.5, 2.5)))
+    plain = SliceDataset(cases, approach="ov", task="lesion", breast_slices=True)
+    repeated = SliceDataset(cases, approach="ov", task="lesion", breast_slices=True, lesion_slice_repeats=3)
+    lesion_slices = sum(int(c.lesions[np.flatnonzero(c.breast.any(axis=(1, 2)))].any(axis=(1, 2)).sum()) for c in cases)
+    assert lesion_slices > 0
+    assert len(repeated) == len(plain) + 2 * lesion_slices
+
+
+def test_unknown_optimiser_is_a_configuration_error(tmp_path, phantom_lesion_manifest, capsys):
+    config = write_config(tmp_path, phantom_lesion_manifest, optimisation={"optimiser": "lbfgs"})
+    assert main(["--progress", "none", "train", str(config)]) == 2
+    assert "optimiser must be one of" in capsys.readouterr().err
