@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 
 @pytest.fixture
@@ -22,3 +23,12 @@ def oblique_image(rng: np.random.Generator) -> sitk.Image:
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
     image.SetDirection(tuple(rotation.ravel()))
     return image
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared two-core machine a second thread mostly waits for a busy core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

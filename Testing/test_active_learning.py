@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.data.phantom import write_cases
@@ -161,15 +160,6 @@ def test_settings_are_checked():
     with pytest.raises(InputError, match="proportions"):
         ActiveLearningSettings(proportions=(0.2, 1.0))
     assert ActiveLearningSettings(proportions=(0.3, 0.1, 0.3)).proportions == (0.1, 0.3)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a shared two-core machine a second thread mostly waits for a busy core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

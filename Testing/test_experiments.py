@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.data.phantom import PhantomConfig, write_cases
@@ -24,15 +23,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a shared two-core machine a second thread mostly waits for a busy core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

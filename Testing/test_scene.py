@@ -46,7 +46,6 @@ from BreastSegmentationLib.background import (
 from BreastSegmentationLib.batch import (
     SUMMARY_CSV,
     SUMMARY_JSON,
-    BatchOptions,
     StudyResult,
     discover_studies,
     write_batch_summary,

@@ -130,17 +130,24 @@ def config_from_dict(values: dict, base_dir: str | os.PathLike = ".") -> TrainCo
     return config
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read and validate a training configuration file."""
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in ``path``; a missing file, invalid JSON or another JSON type is an InputError."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("training configuration not found", path)
+        raise InputError(f"{what} not found", path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"not valid JSON: {error}", path) from None
     if not isinstance(values, dict):
-        raise InputError("a training configuration is a JSON object", path)
+        raise InputError(f"a {what} is a JSON object", path)
+    return values
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a training configuration file."""
+    path = Path(path)
+    values = read_json_object(path, "training configuration")
     try:
         return config_from_dict(values, path.parent)
     except InputError as error:

@@ -23,7 +23,6 @@ goes, so that an interrupted study resumes from the last finished epoch when sta
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from ..io.outputs import atomic_output_dir
 from ..progress import Progress, silent
 from ..reports.maps import OverlayPanel, midline_profile, plot_midline_profiles, plot_overlay_maps
 from ..reports.tables import markdown_table, write_csv, write_json
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, config_from_dict, read_json_object
 from .distributed import DistributedContext
 from .run import FoldOutcome, _select_channels, _train_fold, make_slice_dataset
 from .splits import Split, split_patients
@@ -76,16 +75,7 @@ TEST_METRICS = ("dice", "iou", "precision", "recall", "hd95")
 
 def read_options(path: str | os.PathLike) -> dict:
     """The JSON object of a study's options file (training-configuration keys, all optional)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("options file not found", path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"not valid JSON: {error}", path) from None
-    if not isinstance(values, dict):
-        raise InputError("the options are a JSON object of training-configuration keys", path)
-    return values
+    return read_json_object(path, "options file")
 
 
 def merge_options(*layers: Mapping | None) -> dict:
