@@ -468,8 +468,8 @@ def test_terminate_lets_python_clean_up(tmp_path):
     marker = tmp_path / "cleaned"
     process = python_process(
         "import sys, time\n"
-        "print('ready', flush=True)\n"
         "try:\n"
+        "    print('ready', flush=True)\n"  # inside the try: a SIGINT right after 'ready' must be caught too
         "    time.sleep(60)\n"
         "except KeyboardInterrupt:\n"
         f"    open({str(marker)!r}, 'w').close()\n"
