@@ -123,9 +123,10 @@ class SliceDataset(Dataset):
         self.labels = [pad_to(target.astype(np.uint8), self.spatial_shape) for target in targets]
         self.case_ids = [case.case_id for case in cases]
         self.slice_numbers = selected
-        self.index = [(case_index, local) for case_index, chosen in enumerate(selected) for local in range(len(chosen))
-                      for _ in range(lesion_slice_repeats if task == "lesion" and labels[case_index][chosen[local]].any()
-                                     else 1)]
+        self.index = [(case_index, local)
+                      for case_index, target in enumerate(self.labels)
+                      for local, slice_label in enumerate(target)
+                      for _ in range(lesion_slice_repeats if task == "lesion" and slice_label.any() else 1)]
 
     @staticmethod
     def _ov_boxes(cases: Sequence[PreparedCase], brs_masks: Sequence[np.ndarray], ov_height: int | None,
