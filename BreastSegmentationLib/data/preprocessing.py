@@ -10,7 +10,7 @@ prediction on the prepared grid back onto the original image's grid.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -237,6 +237,16 @@ def prepare_case(pre: sitk.Image, post: sitk.Image, breast: sitk.Image | None = 
              for name, mask in (("breast", breast), ("lesions", lesions))}
     return PreparedCase(case_id, patient_id or case_id, np.ascontiguousarray(channels), config.channels, grid,
                         masks["breast"], masks["lesions"], statistics)
+
+
+def select_channels(case: PreparedCase, inputs: Sequence[str]) -> PreparedCase:
+    """The case with only the channels a model takes, in the model's order (training and inference alike)."""
+    missing = [name for name in inputs if name not in case.channels]
+    if missing:
+        raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
+                         "set preprocessing.subtraction to true for a subtraction channel")
+    image = case.image[[case.channels.index(name) for name in inputs]]
+    return replace(case, image=np.ascontiguousarray(image), channels=tuple(inputs))
 
 
 def prepare_record(record: CaseRecord, config: PreprocessConfig | None = None,

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from ..data.crops import ov_crop_box
-from ..data.preprocessing import PreparedCase, PreprocessConfig, prepare_case
+from ..data.preprocessing import PreparedCase, PreprocessConfig, prepare_case, select_channels
 from ..errors import InputError
 from ..io.images import align_post_to_pre, resample_like
 from ..models.cards import ModelCard, find_cards, load_model
@@ -99,21 +99,13 @@ class Segmentation:
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def _channels(prepared: PreparedCase, inputs: list[str]) -> np.ndarray:
-    """The channels a card asks for, in its order."""
-    missing = [name for name in inputs if name not in prepared.channels]
-    if missing:
-        raise InputError(f"the model needs input channels {missing} that its preprocessing does not make")
-    return prepared.image[[prepared.channels.index(name) for name in inputs]]
-
-
 def _predict_breast(models: ModelSet, pre: sitk.Image, post: sitk.Image, options: SegmentationOptions,
                     progress: Progress) -> tuple[sitk.Image, tuple[int, ...]]:
     """Breast probability on the breast model's grid (every slice: the breast may be anywhere), and the
     (C, z, y, x) shape the network ran on."""
     model = models.breast
     prepared = prepare_case(pre, post, config=model.preprocessing, case_id="study")
-    channels = _channels(prepared, model.card.inputs)
+    channels = select_channels(prepared, model.card.inputs).image
     probability = predict_slices(model.network, channels, range(channels.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="breast region")
     return prepared.grid.image(probability), channels.shape
@@ -127,7 +119,7 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
     crop = model.crop
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
-    masked = _channels(prepared, model.card.inputs) * breast[None].astype(np.float32)
+    masked = select_channels(prepared, model.card.inputs).image * breast[None].astype(np.float32)
     cropped = box.apply(masked)
     probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions")

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..data.crops import table2_shapes, uniform_ov_boxes
 from ..data.datasets import load_dataset, validate_dataset
-from ..data.preprocessing import PreparedCase, prepare_records
+from ..data.preprocessing import PreparedCase, prepare_records, select_channels
 from ..data.slices import Approach, pad_to
 from ..errors import InputError
 from ..evaluation.carbon import cfp_from_time, normalised_cfp
@@ -43,7 +43,7 @@ from ..reports.maps import OverlayPanel, midline_profile, plot_midline_profiles,
 from ..reports.tables import markdown_table, write_csv, write_json
 from .config import TrainConfig, config_from_dict, read_json_object
 from .distributed import DistributedContext
-from .run import FoldOutcome, _select_channels, _train_fold, make_slice_dataset
+from .run import FoldOutcome, make_slice_dataset, train_fold
 from .splits import Split, split_patients
 
 APPROACHES: tuple[str, ...] = tuple(approach.value for approach in Approach)
@@ -106,7 +106,7 @@ def prepare_study_cases(config: TrainConfig, masks: Sequence[str], min_patients:
     """Read, check and prepare a study's dataset once (every run of the study trains from these cases)."""
     records = load_dataset(config.dataset, require=masks)
     validate_dataset(records, config.task, min_patients=min_patients, progress=progress)
-    return [_select_channels(case, config.inputs)
+    return [select_channels(case, config.inputs)
             for case in prepare_records(records, config.preprocess, masks=masks, progress=progress)]
 
 
@@ -118,7 +118,7 @@ def train_folds(config: TrainConfig, split: Split, cases: Sequence[PreparedCase]
     write_json(config.to_dict(), output / "config.json")
     write_json(split.to_dict(), output / "split.json")
     device = resolve_device(config.device)
-    return [_train_fold(config, split.folds[k], list(cases), list(test_cases), output, device, DistributedContext(),
+    return [train_fold(config, split.folds[k], list(cases), list(test_cases), output, device, DistributedContext(),
                         progress) for k in config.fold_numbers]
 
 

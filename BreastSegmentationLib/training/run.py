@@ -26,7 +26,7 @@ from monai.transforms import Compose, RandCropByPosNegLabeld
 
 from ..data.augmentation import KEYS, training_transforms
 from ..data.datasets import TASK_MASKS, load_dataset, validate_dataset
-from ..data.preprocessing import PreparedCase, prepare_records
+from ..data.preprocessing import PreparedCase, prepare_records, select_channels
 from ..data.slices import Approach, SliceDataset
 from ..errors import InputError
 from ..evaluation.carbon import EnergyMeter
@@ -60,16 +60,6 @@ class FoldOutcome:
     energy: dict
     test: dict
     card_path: Path
-
-
-def _select_channels(case: PreparedCase, inputs: list[str]) -> PreparedCase:
-    """The case with only the channels a model takes, in the model's order."""
-    missing = [name for name in inputs if name not in case.channels]
-    if missing:
-        raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
-                         "set preprocessing.subtraction to true for a subtraction channel")
-    image = case.image[[case.channels.index(name) for name in inputs]]
-    return dataclasses.replace(case, image=np.ascontiguousarray(image), channels=tuple(inputs))
 
 
 def _first_patch(samples: list[dict]) -> dict:
@@ -196,21 +186,21 @@ def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
         validate_dataset(records, config.task, min_patients=config.folds + config.test_patients, progress=progress)
         split = split_patients([r.patient_id for r in records], config.folds, config.test_patients,
                                config.optimisation.seed)
-        cases = [_select_channels(case, config.inputs)
+        cases = [select_channels(case, config.inputs)
                  for case in prepare_records(records, config.preprocess, masks=masks, progress=progress)]
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
             write_json(config.to_dict(), output / "config.json")
             write_json(split.to_dict(), output / "split.json")
         test_cases = [c for c in cases if c.patient_id in split.test_patients]
-        outcomes = [_train_fold(config, split.folds[k], cases, test_cases, output, device, context, progress)
+        outcomes = [train_fold(config, split.folds[k], cases, test_cases, output, device, context, progress)
                     for k in config.fold_numbers]
         return _summarise(config, outcomes, output) if context.is_main else {}
     finally:
         shutdown_distributed(context)
 
 
-def _train_fold(config: TrainConfig, fold: Fold, cases: list[PreparedCase], test_cases: list[PreparedCase],
+def train_fold(config: TrainConfig, fold: Fold, cases: list[PreparedCase], test_cases: list[PreparedCase],
                 output: Path, device: torch.device, context, progress: Progress) -> FoldOutcome:
     fold_dir = output / f"fold_{fold.index}"
     train = make_slice_dataset(config, [c for c in cases if c.patient_id in fold.train_patients], training=True)
