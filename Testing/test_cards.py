@@ -111,7 +111,9 @@ def test_save_refuses_a_model_that_does_not_match_its_card_and_leaves_nothing(tm
 @pytest.mark.parametrize(("change", "message"), [
     ({"architecture": "resnet_unet"}, "unknown architecture"),
     ({"unexpected": 1}, "unknown model card keys: unexpected"),
-    ({"inputs": ["pre", "t2"]}, "must be distinct channels"),
+    ({"inputs": ["pre", "t2"]}, "unknown input 't2'"),
+    ({"inputs": ["pre", "subtraction@0"]}, "unknown input 'subtraction@0'"),
+    ({"inputs": ["pre", "pre"]}, "must be distinct"),
     ({"task": "liver"}, "task must be one of"),
     ({"threshold": 1.5}, "threshold"),
     ({"sha256": "abc"}, "sha256"),

@@ -10,6 +10,7 @@ from BreastSegmentationLib.data.crops import (
     bag_geometry,
     breast_extent,
     lesion_slice_indices,
+    mask_box,
     ov_crop_box,
     ov_required_height,
     safe_distance_pixels,
@@ -108,6 +109,30 @@ def test_crop_box_apply_and_paste_round_trip_with_channels():
 def test_empty_breast_mask_is_refused():
     with pytest.raises(InputError, match="breast mask is empty"):
         ov_crop_box(np.zeros((4, 32, 32), dtype=np.uint8), (1.0, 1.0))
+
+
+def test_mask_box_covers_every_mask_at_full_width():
+    lesion = np.zeros((10, 100, 64), dtype=np.uint8)
+    lesion[7, 40, 3] = 1  # a lesion outside the breast mask still counts
+    assert mask_box(crafted_mask(), None, lesion) == CropBox(slices=(3, 8), rows=(40, 90), cols=(0, 64))
+    with pytest.raises(InputError, match="empty"):
+        mask_box(np.zeros((2, 3, 4)), None)
+
+
+def test_cropped_case_keeps_every_voxel_at_its_physical_place():
+    rotation = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    grid = Grid((64, 100, 10), (0.7, 0.8, 2.0), (5.0, -3.0, 11.0), rotation)
+    image = np.random.default_rng(0).random((2, 10, 100, 64), dtype=np.float32)
+    case = PreparedCase("c", "p", image, ("pre", "post"), grid, breast=crafted_mask())
+    box = mask_box(case.breast)
+    cropped = case.cropped(box)
+    assert cropped.image.shape == (2, 3, 40, 64) and cropped.breast.shape == (3, 40, 64) and cropped.lesions is None
+    full, part = grid.image(image[1]), cropped.grid.image(cropped.image[1])
+    for index_zyx in [(0, 0, 0), (2, 39, 63), (1, 17, 5)]:
+        inside = (box.slices[0] + index_zyx[0], box.rows[0] + index_zyx[1], index_zyx[2])
+        assert part.TransformIndexToPhysicalPoint(index_zyx[::-1]) == pytest.approx(
+            full.TransformIndexToPhysicalPoint(inside[::-1]))
+        assert cropped.image[1][index_zyx] == image[1][inside]
 
 
 def test_lesion_slices():

@@ -379,3 +379,28 @@ def test_nan_voxels_in_nifti_are_refused_although_itk_reads_them_as_zero(tmp_pat
     sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
     with pytest.raises(InputError, match="2 NaN or infinite voxels"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+def test_nifti_read_from_its_checked_bytes_equals_itks_own_read(tmp_path, oblique_image, suffix, dtype):
+    values = (sitk.GetArrayFromImage(oblique_image) * 3).astype(dtype)
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(oblique_image)
+    path = tmp_path / f"volume{suffix}"
+    sitk.WriteImage(image, str(path))
+    ours, itks = read_image(path), sitk.ReadImage(str(path))
+    assert ours.GetPixelID() == itks.GetPixelID() == image.GetPixelID()
+    assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(itks))
+    assert np.array_equal(sitk.GetArrayFromImage(ours), values)
+    for attribute in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(ours, attribute)() == getattr(itks, attribute)()
+
+
+def test_vector_nifti_is_left_to_itk(tmp_path, oblique_image):
+    vector = sitk.Compose(oblique_image, oblique_image * 2)
+    path = tmp_path / "vector.nii.gz"
+    sitk.WriteImage(vector, str(path))
+    read = read_image(path)
+    assert read.GetNumberOfComponentsPerPixel() == 2
+    assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))

@@ -165,7 +165,19 @@ def test_adding_cases_keeps_the_earlier_ones(tmp_path):
     assert np.array_equal(array(first.posts[-1]), array(same.posts[-1]))
 
 
-@pytest.mark.parametrize("arguments", [["--cases", "0"], ["--seed", "-1"], ["--shape", "8", "8", "8"]])
+def test_cli_lesion_count_range(tmp_path):
+    def lesion_counts(*extra: str) -> list[int]:
+        out = tmp_path / f"phantom{len(extra)}"
+        assert main(["--progress", "none", "phantom", "--out", str(out), "--cases", "3", "--seed", "3",
+                     "--shape", "96", "96", "24", *extra]) == 0
+        return [len(json.loads((folder / "case.json").read_text())["lesions"]) for folder in sorted(out.iterdir())]
+
+    assert sum(lesion_counts()) > 0  # the default range draws lesions for these cases...
+    assert lesion_counts("--lesions", "0", "0") == [0, 0, 0]  # ...which the range can rule out
+
+
+@pytest.mark.parametrize("arguments", [["--cases", "0"], ["--seed", "-1"], ["--shape", "8", "8", "8"],
+                                       ["--lesions", "3", "1"]])
 def test_cli_bad_arguments_exit_2_and_write_nothing(tmp_path, arguments):
     out = tmp_path / "phantom"
     assert main(["--progress", "none", "phantom", "--out", str(out), *arguments]) == 2

@@ -33,15 +33,15 @@ def constant_model(architecture: str, inputs: int, logit: float) -> torch.nn.Mod
     return model
 
 
-def write_models(folder: Path, breast_logit: float, lesion_logit: float) -> Path:
+def write_models(folder: Path, breast_logit: float, lesion_logit: float,
+                 lesion_inputs: tuple[str, ...] = ("pre", "post", "subtraction")) -> Path:
     breast_card = ModelCard(name="brs", task="breast", architecture="unet_small", inputs=["pre", "post"],
                             preprocessing={"spacing_mm": [2.0, 2.0]})
-    lesion_card = ModelCard(name="bls", task="lesion", architecture="unetpp_small",
-                            inputs=["pre", "post", "subtraction"],
+    lesion_card = ModelCard(name="bls", task="lesion", architecture="unetpp_small", inputs=list(lesion_inputs),
                             preprocessing={"spacing_mm": [1.0, 1.0], "subtraction": True,
                                            "crop": {"kind": "ov", "safe_distance_mm": 16.0, "multiple": 32}})
     save_model(constant_model("unet_small", 2, breast_logit), breast_card, folder)
-    save_model(constant_model("unetpp_small", 3, lesion_logit), lesion_card, folder)
+    save_model(constant_model("unetpp_small", len(lesion_inputs), lesion_logit), lesion_card, folder)
     return folder
 
 
@@ -80,7 +80,17 @@ def test_segmentation_lies_on_the_pre_grid_and_lesions_stay_in_the_breast(tmp_pa
     assert not lesions[breast == 0].any()
     probability = sitk.GetArrayFromImage(result.probability)
     assert probability.max() == pytest.approx(1 / (1 + np.exp(-5.0)), abs=1e-3)
+    steps = probability / 1e-3  # probabilities are kept to 0.001, which lets the file compress
+    assert np.allclose(steps, np.round(steps), atol=1e-3) and probability.dtype == np.float32
     assert set(result.seconds) >= {"breast", "lesions"}
+
+
+def test_lesion_model_with_neighbouring_slice_inputs_runs_on_every_breast_slice(tmp_path, rng):
+    inputs = ("pre", "post", "subtraction@-1", "subtraction", "subtraction@+1")
+    models = load_models(write_models(tmp_path / "models", 5.0, 5.0, lesion_inputs=inputs), "cpu")
+    result = segment_images(*study_images(rng), models)
+    assert result.network_inputs["lesion"][:2] == (5, 10)  # five channels, all ten slices hold breast
+    assert sitk.GetArrayFromImage(result.lesions).all()
 
 
 def test_lesion_threshold_above_the_probability_finds_no_lesion(tmp_path, rng):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.phantom import read_case, write_cases
+from ..data.phantom import PhantomConfig, read_case, write_cases
 from ..errors import InputError
 from ..progress import Progress
 
@@ -27,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="voxels per axis instead of a random clinical matrix (field of view kept), "
                              "e.g. 64 64 24 for quick tests")
+    parser.add_argument("--lesions", type=int, nargs=2, metavar=("MIN", "MAX"),
+                        help="lesions per case drawn from MIN..MAX (default 0 3; e.g. 1 3 for lesion training data)")
     parser.add_argument("--gallery", type=Path, metavar="PNG",
                         help="also save pre / post / subtraction of up to 4 of the cases side by side as PNG")
     parser.set_defaults(handler=run)
@@ -35,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, progress: Progress) -> int:
     if args.gallery is not None and args.gallery.suffix.lower() != ".png":
         raise InputError("the gallery must be a .png file", args.gallery)
-    folders = write_cases(args.out, args.cases, args.seed, dicom=args.dicom, progress=progress, shape=args.shape)
+    config = PhantomConfig() if args.lesions is None else PhantomConfig(lesion_count_range=tuple(args.lesions))
+    folders = write_cases(args.out, args.cases, args.seed, config, dicom=args.dicom, progress=progress,
+                          shape=args.shape)
     if args.gallery is not None:
         from ..reports.gallery import save_gallery  # matplotlib only when a gallery is asked for
 

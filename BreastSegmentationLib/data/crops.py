@@ -160,6 +160,16 @@ def uniform_ov_boxes(breast_masks: Sequence[np.ndarray], spacings_yx: Sequence[S
     return height, [ov_crop_box(mask, spacing, height=height) for mask, spacing in zip(breast_masks, spacings_yx)]
 
 
+def mask_box(*masks_zyx: np.ndarray | None) -> CropBox:
+    """The slices and rows that hold any of ``masks_zyx``, at full width (the OV crop keeps the width too)."""
+    union = np.logical_or.reduce([np.asarray(mask) > 0 for mask in masks_zyx if mask is not None])
+    if not union.any():
+        raise InputError("the masks are empty: there is no region to crop to")
+    slices, rows = (np.flatnonzero(union.any(axis=axes)) for axes in ((1, 2), (0, 2)))
+    return CropBox(slices=(int(slices[0]), int(slices[-1]) + 1), rows=(int(rows[0]), int(rows[-1]) + 1),
+                   cols=(0, union.shape[2]))
+
+
 def lesion_slice_indices(lesions_zyx: np.ndarray) -> np.ndarray:
     """Indices of the slices that contain lesion (the SLS approach of seed 000)."""
     return np.flatnonzero(np.asarray(lesions_zyx).any(axis=(1, 2)))

@@ -9,8 +9,9 @@ prediction on the prepared grid back onto the original image's grid.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..io.images import (
     align_post_to_pre,
+    as_float32,
     binary_mask,
     check_mask,
     read_image,
@@ -32,11 +34,19 @@ from ..io.images import (
 from ..progress import Progress, silent
 
 if TYPE_CHECKING:
+    from .crops import CropBox
     from .datasets import CaseRecord
 
 NORMALISATIONS = ("zscore_body", "percentile", "none")
+#: Channels the preprocessing can make. A model input names one, optionally read from a neighbouring slice:
+#: "subtraction@-1" is the subtraction of the slice below (2.5-D context, which tells a vessel crossing the slice
+#: from a lesion inside it).
+CHANNELS = ("pre", "post", "subtraction")
+_INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction)(@(?P<offset>[+-][1-9]))?")
 #: Number of histogram bins of the equalisation option.
 EQUALISATION_BINS = 256
+#: Intensity statistics are taken on every STATISTICS_STRIDE-th row and column (see :func:`intensity_statistics`).
+STATISTICS_STRIDE = 2
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,11 @@ class PreprocessConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def intensity_settings(self) -> tuple:
+        """What the intensity statistics depend on: preparations with equal settings can share them."""
+        return self.normalisation, self.clip_percentiles, self.body_threshold
+
     @classmethod
     def from_dict(cls, values: dict) -> PreprocessConfig:
         values = dict(values)
@@ -114,6 +129,13 @@ class Grid:
         """An empty UInt8 image on this grid, to resample onto."""
         return self.image(np.zeros(tuple(reversed(self.size)), dtype=np.uint8))
 
+    def sub_grid(self, box: CropBox) -> Grid:
+        """The grid of ``box`` (z, y, x index ranges) of this grid: same spacing and direction, moved origin."""
+        start_xyz = np.array([box.cols[0], box.rows[0], box.slices[0]], dtype=float)
+        direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        origin = np.asarray(self.origin, dtype=float) + direction @ (start_xyz * np.asarray(self.spacing))
+        return Grid(tuple(reversed(box.shape)), self.spacing, tuple(float(v) for v in origin), self.direction)
+
 
 @dataclass
 class PreparedCase:
@@ -126,7 +148,7 @@ class PreparedCase:
     grid: Grid
     breast: np.ndarray | None = None
     lesions: np.ndarray | None = None
-    statistics: dict[str, float] = field(default_factory=dict)
+    statistics: IntensityStatistics | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -136,6 +158,12 @@ class PreparedCase:
     def spacing_yx(self) -> tuple[float, float]:
         """Row and column spacing in mm (the in-plane spacing in array order)."""
         return self.grid.spacing[1], self.grid.spacing[0]
+
+    def cropped(self, box: CropBox) -> PreparedCase:
+        """The part of the case inside ``box``, on its own grid (so predictions on it still map to physical space)."""
+        masks = {name: None if mask is None else np.ascontiguousarray(box.apply(mask))
+                 for name, mask in (("breast", self.breast), ("lesions", self.lesions))}
+        return replace(self, image=np.ascontiguousarray(box.apply(self.image)), grid=self.grid.sub_grid(box), **masks)
 
 
 def inplane_grid(image: sitk.Image, spacing_xy: Sequence[float]) -> Grid:
@@ -153,57 +181,96 @@ def inplane_grid(image: sitk.Image, spacing_xy: Sequence[float]) -> Grid:
                 tuple(float(value) for value in origin), image.GetDirection())
 
 
-def _array_on_grid(image: sitk.Image, grid: Grid, is_mask: bool) -> np.ndarray:
-    """``image`` (any orientation) as a (z, y, x) array on ``grid``: a copy when it already lies there."""
-    reoriented = reorient_to_ras(image)
+def _on_grid(image: sitk.Image, grid: Grid, is_mask: bool) -> sitk.Image:
+    """``image`` itself when it already lies on ``grid``, else resampled onto it."""
     reference = grid.reference()
-    if not same_geometry(reoriented, reference):
-        reoriented = resample_like(reoriented, reference, is_mask=is_mask)
-    return sitk.GetArrayFromImage(reoriented)
+    return image if same_geometry(image, reference) else resample_like(image, reference, is_mask=is_mask)
+
+
+def body_threshold(pre_zyx: np.ndarray) -> float:
+    """Otsu's threshold between air and body, taken on log intensities: air noise then falls on one side and all
+    tissue, including the dark fat of fat-saturated series, on the other."""
+    log_pre = sitk.GetImageFromArray(np.log1p(np.clip(np.asarray(pre_zyx, dtype=np.float32), 0.0, None)))
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(log_pre)
+    return float(np.expm1(otsu.GetThreshold()))
 
 
 def body_mask(pre_zyx: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Body voxels of a pre-contrast volume: above ``threshold`` (or Otsu's), holes filled slice by slice.
-
-    Otsu is taken on log intensities: air noise then falls on one side and all tissue, including the dark fat of
-    fat-saturated series, on the other; filling holes adds what is enclosed by tissue.
-    """
+    """Body voxels of a pre-contrast volume: above ``threshold`` (or Otsu's), holes filled slice by slice."""
     pre = np.asarray(pre_zyx, dtype=np.float32)
-    if threshold is None:
-        log_pre = sitk.GetImageFromArray(np.log1p(np.clip(pre, 0.0, None)))
-        otsu = sitk.OtsuThresholdImageFilter()
-        otsu.Execute(log_pre)
-        threshold = float(np.expm1(otsu.GetThreshold()))
+    threshold = body_threshold(pre) if threshold is None else threshold
+    return fill_holes_per_slice(pre > threshold)
+
+
+def fill_holes_per_slice(mask_zyx: np.ndarray) -> np.ndarray:
+    """A boolean copy of ``mask_zyx`` with the holes of each axial slice filled.
+
+    Filled on the mask's bounding box plus a one-voxel frame, where a slice's holes are the same as in the whole
+    slice: about twice as fast as the whole volume when the mask fills half of it.
+    """
+    mask = np.asarray(mask_zyx) > 0
+    if not mask.any():
+        return mask
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(pre > threshold, structure=in_plane)
+    mask[box] = ndimage.binary_fill_holes(np.pad(mask[box], ((0, 0), (1, 1), (1, 1))), structure=in_plane)[:, 1:-1, 1:-1]
+    return mask
 
 
-def _clip_to_percentiles(values: np.ndarray, body: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
-    low, high = np.percentile(values[body], percentiles)
-    return np.clip(values, low, high)
+@dataclass(frozen=True)
+class IntensityStatistics:
+    """How a study's intensities are normalised: each phase clipped to its range, then (x - offset) / scale."""
+
+    offset: float
+    scale: float
+    body_threshold: float
+    pre_range: tuple[float, float] | None = None
+    post_range: tuple[float, float] | None = None
 
 
-def normalise(pre: np.ndarray, post: np.ndarray, body: np.ndarray,
-              config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Clip each channel to its body percentiles, then shift and scale both with the pre-contrast body statistics.
+def intensity_statistics(pre_zyx: np.ndarray, post_zyx: np.ndarray, config: PreprocessConfig,
+                         case_id: str = "case") -> IntensityStatistics:
+    """Statistics of the pre-contrast body voxels of the volumes as acquired (post on the pre grid).
 
-    Returns the two arrays and the offset and scale used (recorded with the prepared case).
+    They are taken on every ``STATISTICS_STRIDE``-th row and column: percentiles, mean and deviation of a
+    quarter of a volume's body voxels match the full ones to well under 1 % of the range, in a quarter of the
+    time, and since they do not depend on a model's grid, every model run on a study shares them.
     """
+    pre = np.asarray(pre_zyx[:, ::STATISTICS_STRIDE, ::STATISTICS_STRIDE], dtype=np.float32)
+    post = np.asarray(post_zyx[:, ::STATISTICS_STRIDE, ::STATISTICS_STRIDE], dtype=np.float32)
+    threshold = body_threshold(pre) if config.body_threshold is None else float(config.body_threshold)
+    body = body_mask(pre, threshold)
+    if not body.any():
+        raise InputError(f"case {case_id}: no body voxels found in the pre-contrast image (is it blank?)")
     if config.normalisation == "none":
-        return pre, post, {"offset": 0.0, "scale": 1.0}
+        return IntensityStatistics(0.0, 1.0, threshold)
+    pre_body, post_body = pre[body].astype(np.float64), post[body].astype(np.float64)
+    ranges = [None, None]
     if config.clip_percentiles is not None:
-        pre = _clip_to_percentiles(pre, body, config.clip_percentiles)
-        post = _clip_to_percentiles(post, body, config.clip_percentiles)
-    reference = pre[body].astype(np.float64)
+        ranges = [tuple(float(v) for v in np.percentile(values, config.clip_percentiles))
+                  for values in (pre_body, post_body)]
+        pre_body = np.clip(pre_body, *ranges[0])
     if config.normalisation == "zscore_body":
-        offset, scale = float(reference.mean()), float(reference.std())
+        offset, scale = float(pre_body.mean()), float(pre_body.std())
     else:
-        low, high = np.percentile(reference, config.clip_percentiles or (0.0, 100.0))
+        low, high = np.percentile(pre_body, config.clip_percentiles or (0.0, 100.0))
         offset, scale = float(low), float(high - low)
     if scale <= 0.0:
-        raise InputError("the pre-contrast image is constant inside the body: it cannot be normalised")
-    return (pre - offset) / scale, (post - offset) / scale, {"offset": offset, "scale": scale}
+        raise InputError(f"case {case_id}: the pre-contrast image is constant inside the body: it cannot be "
+                         "normalised")
+    return IntensityStatistics(offset, scale, threshold, *ranges)
+
+
+def normalise(phases: np.ndarray, statistics: IntensityStatistics) -> None:
+    """In place on (pre, post) stacked: clip each phase to its range, then shift and scale both with the
+    pre-contrast body statistics (one mapping for both, so contrast enhancement survives)."""
+    if statistics.pre_range is not None:
+        np.clip(phases[0], *statistics.pre_range, out=phases[0])
+        np.clip(phases[1], *statistics.post_range, out=phases[1])
+    phases -= statistics.offset
+    phases /= statistics.scale
 
 
 def equalise_jointly(channels: np.ndarray, body: np.ndarray) -> np.ndarray:
@@ -214,39 +281,69 @@ def equalise_jointly(channels: np.ndarray, body: np.ndarray) -> np.ndarray:
 
 def prepare_case(pre: sitk.Image, post: sitk.Image, breast: sitk.Image | None = None,
                  lesions: sitk.Image | None = None, config: PreprocessConfig | None = None,
-                 case_id: str = "case", patient_id: str | None = None) -> PreparedCase:
-    """Prepare one case (see the module docstring); masks are made binary and put on the same grid (nearest)."""
+                 case_id: str = "case", patient_id: str | None = None,
+                 statistics: IntensityStatistics | None = None) -> PreparedCase:
+    """Prepare one case (see the module docstring); masks are made binary and put on the same grid (nearest).
+
+    ``statistics`` (from another preparation of the same study with the same intensity settings) saves computing
+    them again.
+    """
     config = config or PreprocessConfig()
-    pre = sitk.Cast(pre, sitk.sitkFloat32)
-    post = sitk.Cast(align_post_to_pre(pre, post, "the pre-contrast image", "the post-contrast image"),
-                     sitk.sitkFloat32)
-    pre_ras = reorient_to_ras(pre)
+    pre = as_float32(pre)
+    post = as_float32(align_post_to_pre(pre, post, "the pre-contrast image", "the post-contrast image"))
+    pre_ras, post_ras = reorient_to_ras(pre), reorient_to_ras(post)
+    if statistics is None:
+        statistics = intensity_statistics(sitk.GetArrayViewFromImage(pre_ras), sitk.GetArrayViewFromImage(post_ras),
+                                          config, case_id)
     grid = Grid.of(pre_ras) if config.spacing_mm is None else inplane_grid(pre_ras, config.spacing_mm)
-    pre_array = _array_on_grid(pre, grid, is_mask=False)
-    post_array = _array_on_grid(post, grid, is_mask=False)
-    body = body_mask(pre_array, config.body_threshold)
-    if not body.any():
-        raise InputError(f"case {case_id}: no body voxels found in the pre-contrast image (is it blank?)")
-    pre_array, post_array, statistics = normalise(pre_array, post_array, body, config)
-    channels = np.stack([pre_array, post_array]).astype(np.float32)
+    # One array for every channel, filled in place: these volumes are the largest copies of the whole job.
+    channels = np.empty((len(config.channels), *reversed(grid.size)), dtype=np.float32)
+    for index, image in enumerate((pre_ras, post_ras)):
+        on_grid = _on_grid(image, grid, is_mask=False)
+        channels[index] = sitk.GetArrayViewFromImage(on_grid)
+    body = body_mask(channels[0], statistics.body_threshold) if config.clahe else None
+    normalise(channels[:2], statistics)
     if config.clahe:
-        channels = equalise_jointly(channels, body)
+        channels[:2] = equalise_jointly(channels[:2], body)
     if config.subtraction:
-        channels = np.concatenate([channels, channels[1:2] - channels[0:1]])
-    masks = {name: None if mask is None else _array_on_grid(binary_mask(mask), grid, is_mask=True)
+        np.subtract(channels[1], channels[0], out=channels[2])
+    masks = {name: None if mask is None else
+             sitk.GetArrayFromImage(_on_grid(reorient_to_ras(binary_mask(mask)), grid, is_mask=True))
              for name, mask in (("breast", breast), ("lesions", lesions))}
-    return PreparedCase(case_id, patient_id or case_id, np.ascontiguousarray(channels), config.channels, grid,
-                        masks["breast"], masks["lesions"], statistics)
+    return PreparedCase(case_id, patient_id or case_id, channels, config.channels, grid, masks["breast"],
+                        masks["lesions"], statistics)
+
+
+def parse_input(name: str) -> tuple[str, int]:
+    """A model input's channel and slice offset: "subtraction@-1" -> ("subtraction", -1), "post" -> ("post", 0)."""
+    match = _INPUT_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
+        raise InputError(f"unknown input {name!r}: use one of {', '.join(CHANNELS)}, optionally with a slice offset "
+                         "such as 'subtraction@-1'")
+    return match["channel"], int(match["offset"] or 0)
+
+
+def shift_slices(volume: np.ndarray, offset: int) -> np.ndarray:
+    """``volume`` (z, y, x) whose slice k holds slice k + ``offset``; the edge slices stand in beyond the ends."""
+    if offset == 0:
+        return volume
+    indices = np.clip(np.arange(volume.shape[0]) + offset, 0, volume.shape[0] - 1)
+    return volume[indices]
 
 
 def select_channels(case: PreparedCase, inputs: Sequence[str]) -> PreparedCase:
     """The case with only the channels a model takes, in the model's order (training and inference alike)."""
-    missing = [name for name in inputs if name not in case.channels]
+    parsed = [parse_input(name) for name in inputs]
+    missing = sorted({channel for channel, _ in parsed if channel not in case.channels})
     if missing:
         raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
                          "set preprocessing.subtraction to true for a subtraction channel")
-    image = case.image[[case.channels.index(name) for name in inputs]]
-    return replace(case, image=np.ascontiguousarray(image), channels=tuple(inputs))
+    if tuple(inputs) == case.channels:
+        return case
+    image = np.empty((len(parsed), *case.shape), dtype=case.image.dtype)
+    for index, (channel, offset) in enumerate(parsed):
+        image[index] = shift_slices(case.image[case.channels.index(channel)], offset)
+    return replace(case, image=image, channels=tuple(inputs))
 
 
 def prepare_record(record: CaseRecord, config: PreprocessConfig | None = None,

@@ -18,10 +18,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..data.crops import ov_crop_box
+from ..data.crops import CropBox, ov_crop_box
 from ..data.preprocessing import PreparedCase, PreprocessConfig, prepare_case, select_channels
 from ..errors import InputError
-from ..io.images import align_post_to_pre, resample_like
+from ..io.images import align_post_to_pre, as_float32, reorient_to_ras, resample_like
 from ..models.cards import ModelCard, find_cards, load_model
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
@@ -29,6 +29,19 @@ from .postprocess import LesionCleaning, clean_breast_mask, clean_lesion_mask
 from .runtime import describe_device, predict_slices, resolve_device
 
 log = logging.getLogger(__name__)
+
+#: Probabilities are kept to this step: finer steps mean nothing to a threshold or a display, and the noise of the
+#: tiny values made lesion_probability.nii.gz some 30 MB and the slowest output to compress.
+PROBABILITY_STEP = 1e-3
+
+
+def rounded_probability(probability: sitk.Image) -> sitk.Image:
+    """``probability`` rounded to :data:`PROBABILITY_STEP` (Float32, same grid)."""
+    array = np.round(sitk.GetArrayViewFromImage(probability) / PROBABILITY_STEP) * PROBABILITY_STEP
+    rounded = sitk.GetImageFromArray(array.astype(np.float32))
+    rounded.CopyInformation(probability)
+    return rounded
+
 
 @dataclass
 class LoadedModel:
@@ -99,12 +112,11 @@ class Segmentation:
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def _predict_breast(models: ModelSet, pre: sitk.Image, post: sitk.Image, options: SegmentationOptions,
+def _predict_breast(models: ModelSet, prepared: PreparedCase, options: SegmentationOptions,
                     progress: Progress) -> tuple[sitk.Image, tuple[int, ...]]:
     """Breast probability on the breast model's grid (every slice: the breast may be anywhere), and the
     (C, z, y, x) shape the network ran on."""
     model = models.breast
-    prepared = prepare_case(pre, post, config=model.preprocessing, case_id="study")
     channels = select_channels(prepared, model.card.inputs).image
     probability = predict_slices(model.network, channels, range(channels.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="breast region")
@@ -119,8 +131,11 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
     crop = model.crop
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
-    masked = select_channels(prepared, model.card.inputs).image * breast[None].astype(np.float32)
-    cropped = box.apply(masked)
+    # In-plane crop first (less to copy), then the channels (neighbouring-slice inputs read the slices beyond the
+    # box, as in training), then the box's slices, masked by the breast.
+    in_plane = CropBox(slices=(0, breast.shape[0]), rows=box.rows, cols=box.cols)
+    channels = select_channels(prepared.cropped(in_plane), model.card.inputs).image
+    cropped = channels[:, slice(*box.slices)] * box.apply(breast)[None]
     probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions")
     return box.paste(probability, breast.shape), cropped.shape
@@ -138,14 +153,19 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     started = time.perf_counter()
     progress.update("preparing", 0.0)
     post = align_post_to_pre(pre, post, "the pre-contrast image", "the post-contrast image")
+    # Cast and reoriented once here, so that both preparations below find them ready.
+    pre_ras, post_ras = reorient_to_ras(as_float32(pre)), reorient_to_ras(as_float32(post))
     seconds["align"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    breast_probability, breast_input = _predict_breast(models, pre, post, options, progress)
+    for_breast = prepare_case(pre_ras, post_ras, config=models.breast.preprocessing, case_id="study")
+    breast_probability, breast_input = _predict_breast(models, for_breast, options, progress)
     seconds["breast"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    prepared = prepare_case(pre, post, config=models.lesion.preprocessing, case_id="study")
+    shared = models.breast.preprocessing.intensity_settings == models.lesion.preprocessing.intensity_settings
+    prepared = prepare_case(pre_ras, post_ras, config=models.lesion.preprocessing, case_id="study",
+                            statistics=for_breast.statistics if shared else None)
     on_lesion_grid = resample_like(breast_probability, prepared.grid.reference())
     breast = clean_breast_mask(on_lesion_grid > models.breast.card.threshold)
     breast_array = sitk.GetArrayFromImage(breast)
@@ -162,7 +182,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     result = Segmentation(
         breast=resample_like(breast, pre, is_mask=True),
         lesions=resample_like(lesions, pre, is_mask=True),
-        probability=resample_like(prepared.grid.image(lesion_probability), pre),
+        probability=rounded_probability(resample_like(prepared.grid.image(lesion_probability), pre)),
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),

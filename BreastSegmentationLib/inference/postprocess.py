@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..data.preprocessing import fill_holes_per_slice
+
 
 @dataclass(frozen=True)
 class LesionCleaning:
@@ -49,7 +51,7 @@ def clean_breast_mask(mask: sitk.Image, keep_fraction: float = 0.1, max_componen
 
 def _fill_holes_per_slice(mask: sitk.Image) -> sitk.Image:
     """Fill holes in each axial slice: a 3-D fill misses holes that open onto the first or last slice."""
-    filled = sitk.JoinSeries([sitk.BinaryFillhole(mask[:, :, k]) for k in range(mask.GetSize()[2])])
+    filled = sitk.GetImageFromArray(fill_holes_per_slice(sitk.GetArrayViewFromImage(mask)).astype(np.uint8))
     filled.CopyInformation(mask)
     return filled
 

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..data.preprocessing import CHANNELS, parse_input
 from ..errors import InputError
 from ..io.outputs import atomic_output_dir, atomic_output_file
 from .registry import ARCHITECTURES, build_model
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TASKS = ("breast", "lesion")
-#: Input channels a model may ask for, in the order its card lists them.
-INPUT_CHANNELS = ("pre", "post", "subtraction")
 WEIGHTS_SUFFIX = ".safetensors"
 #: Keys a card file must have; the others have defaults.
 REQUIRED_KEYS = ("format_version", "name", "task", "architecture", "inputs", "weights", "sha256")
@@ -97,9 +96,11 @@ class ModelCard:
 
     def _check_inputs(self) -> None:
         if not isinstance(self.inputs, (list, tuple)) or not self.inputs:
-            raise InputError(f"inputs must be a non-empty list of channels from {INPUT_CHANNELS}")
-        if not all(channel in INPUT_CHANNELS for channel in self.inputs) or len(set(self.inputs)) != len(self.inputs):
-            raise InputError(f"inputs {list(self.inputs)} must be distinct channels from {INPUT_CHANNELS}")
+            raise InputError(f"inputs must be a non-empty list of channels from {', '.join(CHANNELS)}")
+        for name in self.inputs:
+            parse_input(name)
+        if len(set(self.inputs)) != len(self.inputs):
+            raise InputError(f"inputs {list(self.inputs)} must be distinct")
         self.inputs = list(self.inputs)
         in_channels = self.architecture_kwargs.get("in_channels", len(self.inputs))
         if in_channels != len(self.inputs):

@@ -14,7 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
+from ..io.images import as_float32, reorient  # noqa: E402
 from ..io.outputs import atomic_output_file  # noqa: E402
 
 #: Lesion panels shown at most (the largest lesions first).
@@ -23,40 +25,55 @@ MAX_LESION_PANELS = 7
 
 def display_array(image: sitk.Image) -> np.ndarray:
     """(z, y, x) array in radiological display order: rows anterior -> posterior, columns right -> left."""
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+    return sitk.GetArrayFromImage(reorient(image, "LPS"))
 
 
 def _aspect(image: sitk.Image) -> float:
-    spacing = sitk.DICOMOrient(image, "LPS").GetSpacing()
+    spacing = reorient(image, "LPS").GetSpacing()
     return spacing[1] / spacing[0]
 
 
 def _window(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, (1.0, 99.5))
+    """Display window from the 1st to the 99.5th percentile (of at most about a million evenly spread values)."""
+    values = np.ravel(values)
+    low, high = np.percentile(values[::max(1, values.size // 1_000_000)], (1.0, 99.5))
     return float(low), float(max(high, low + 1e-6))
+
+
+def _largest_slices(lesion_a: np.ndarray, limit: int) -> dict[int, int]:
+    """The first ``limit`` labels of a label map and, for each, the slice where it has the most voxels."""
+    boxes = ndimage.find_objects(lesion_a)
+    labels = [label for label, box in enumerate(boxes, start=1) if box is not None][:limit]
+    slices = {}
+    for label in labels:
+        box = boxes[label - 1]
+        slices[label] = box[0].start + int(np.argmax((lesion_a[box] == label).sum(axis=(1, 2))))
+    return slices
 
 
 def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sitk.Image, path: str | Path,
                   lesion_rows: list[dict] | None = None, title: str = "") -> Path:
     """Write the overview PNG; ``lesions`` is a label map (1..N by decreasing volume), all images on one grid."""
-    pre_a, post_a = display_array(sitk.Cast(pre, sitk.sitkFloat32)), display_array(sitk.Cast(post, sitk.sitkFloat32))
+    pre_a, post_a = display_array(as_float32(pre)), display_array(as_float32(post))
     breast_a, lesion_a = display_array(breast) > 0, display_array(lesions)
-    subtraction = post_a - pre_a
-    labels = [int(v) for v in np.unique(lesion_a) if v > 0][:MAX_LESION_PANELS]
+    lesion_slices = _largest_slices(lesion_a, MAX_LESION_PANELS)
+    labels = list(lesion_slices)
     volumes = {int(row["id"]): row.get("volume_mm3") for row in (lesion_rows or [])}
     aspect = _aspect(pre)
     columns = 1 + max(len(labels), 1)
     figure, axes = plt.subplots(1, columns, figsize=(3.6 * columns, 4.0), dpi=110, squeeze=False)
     axes = axes[0]
-    mip = subtraction.max(axis=0)
-    axes[0].imshow(mip, cmap="gray", vmin=_window(mip)[0], vmax=_window(mip)[1], aspect=aspect)
+    mip = (post_a - pre_a).max(axis=0)
+    low, high = _window(mip)
+    axes[0].imshow(mip, cmap="gray", vmin=low, vmax=high, aspect=aspect)
     axes[0].contour(breast_a.any(axis=0), levels=[0.5], colors="deepskyblue", linewidths=0.8)
     if labels:
-        axes[0].contour(np.isin(lesion_a, labels).any(axis=0), levels=[0.5], colors="red", linewidths=0.9)
+        shown = (lesion_a > 0) & (lesion_a <= labels[-1])  # the labels shown are the first ones present
+        axes[0].contour(shown.any(axis=0), levels=[0.5], colors="red", linewidths=0.9)
     axes[0].set_title("subtraction MIP: breast (blue), lesions (red)", fontsize=8)
     low, high = _window(post_a[breast_a] if breast_a.any() else post_a)
     for axis, label in zip(axes[1:], labels):
-        k = int(np.argmax((lesion_a == label).sum(axis=(1, 2))))
+        k = lesion_slices[label]
         axis.imshow(post_a[k], cmap="gray", vmin=low, vmax=high, aspect=aspect)
         axis.contour(breast_a[k], levels=[0.5], colors="deepskyblue", linewidths=0.6)
         axis.contour(lesion_a[k] == label, levels=[0.5], colors="red", linewidths=1.0)

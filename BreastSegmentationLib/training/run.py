@@ -26,8 +26,9 @@ from monai.transforms import Compose, RandCropByPosNegLabeld
 
 from ..data.augmentation import KEYS, training_transforms
 from ..data.datasets import TASK_MASKS, load_dataset, validate_dataset
-from ..data.preprocessing import PreparedCase, prepare_records, select_channels
-from ..data.slices import Approach, SliceDataset
+from ..data.crops import mask_box
+from ..data.preprocessing import PreparedCase, prepare_record, select_channels
+from ..data.slices import STORAGE_DTYPE, Approach, SliceDataset
 from ..errors import InputError
 from ..evaluation.carbon import EnergyMeter
 from ..evaluation.lesions import match_lesions
@@ -80,6 +81,17 @@ def _training_transform(config: TrainConfig) -> Compose | None:
     return Compose(steps, map_items=False) if steps else None
 
 
+def training_view(config: TrainConfig, case: PreparedCase) -> PreparedCase:
+    """The channels the model takes, held as float16 like the slice datasets hold them; only the breast's (and
+    lesions') slices and rows when the datasets never look elsewhere (breast-masked inputs from breast or lesion
+    slices). Both keep datasets of a hundred studies and more in memory."""
+    case = select_channels(case, config.inputs)
+    approach = Approach(config.approach)
+    if approach.uses_brs and (config.slices == "breast" or approach.lesion_slices_only):
+        case = case.cropped(mask_box(case.breast, case.lesions))
+    return dataclasses.replace(case, image=case.image.astype(STORAGE_DTYPE))
+
+
 def make_slice_dataset(config: TrainConfig, cases: list[PreparedCase], training: bool,
                        ov_height: int | None = None) -> SliceDataset:
     """The 2-D dataset of a configuration's task and approach (augmented when ``training``)."""
@@ -99,7 +111,7 @@ def predict_case(model: torch.nn.Module, dataset: SliceDataset, case: PreparedCa
                  device: torch.device) -> np.ndarray:
     """Probabilities on ``case``'s prepared grid for the slices (and crop) the dataset's approach uses."""
     case_index = dataset.case_ids.index(case.case_id)
-    images = np.moveaxis(dataset.images[case_index], 0, 1)  # (C, N, H, W): the slices as a volume
+    images = np.moveaxis(dataset.images[case_index], 0, 1).astype(np.float32)  # (C, N, H, W): slices as a volume
     probabilities = predict_slices(model, images, range(images.shape[1]), device)
     box = dataset.boxes.get(case.case_id)
     rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
@@ -186,8 +198,8 @@ def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
         validate_dataset(records, config.task, min_patients=config.folds + config.test_patients, progress=progress)
         split = split_patients([r.patient_id for r in records], config.folds, config.test_patients,
                                config.optimisation.seed)
-        cases = [select_channels(case, config.inputs)
-                 for case in prepare_records(records, config.preprocess, masks=masks, progress=progress)]
+        cases = [training_view(config, prepare_record(record, config.preprocess, masks))
+                 for record in progress.track(records, "preparing cases")]
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
             write_json(config.to_dict(), output / "config.json")
