@@ -15,7 +15,7 @@ from BreastSegmentationLib.data.preprocessing import (
     body_mask,
     fill_holes_per_slice,
     prepare_case,
-    prepare_record,
+    prepare_checked,
     restore_to_original,
     select_channels,
 )
@@ -203,13 +203,29 @@ def test_blank_pre_contrast_image_is_refused(case):
         prepare_case(blank, case["post"])
 
 
-def test_prepare_record_reads_the_files(case, tmp_path):
+def test_prepare_checked_reads_the_files_and_prepares_only_the_masks_asked_for(case, tmp_path):
     paths = {}
     for role, image in case.items():
         paths[role] = tmp_path / f"{role}.nii.gz"
         sitk.WriteImage(image, str(paths[role]))
-    prepared = prepare_record(CaseRecord("c7", "patient-3", **paths))
+    [prepared] = prepare_checked([CaseRecord("c7", "patient-3", **paths)], "lesion", masks=("lesions",))
     expected = prepare_case(**case)
+    assert prepared.breast is None
     assert (prepared.case_id, prepared.patient_id) == ("c7", "patient-3")
     assert np.allclose(prepared.image, expected.image)
     assert np.array_equal(prepared.lesions, expected.lesions)
+
+
+def test_prepare_checked_lists_every_problem_and_prepares_nothing(case, tmp_path):
+    paths = {}
+    for role, image in case.items():
+        paths[role] = tmp_path / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(paths[role]))
+    empty = tmp_path / "empty.nii.gz"
+    sitk.WriteImage(case["lesions"] * 0, str(empty))
+    records = [CaseRecord("c1", "p1", **{**paths, "lesions": empty}), CaseRecord("c2", "p2", **paths)]
+    views = []
+    with pytest.raises(InputError, match="2 problems") as caught:
+        prepare_checked(records, "lesion", min_patients=3, view=views.append)
+    assert "empty" in str(caught.value) and "at least 3" in str(caught.value)
+    assert views == []

@@ -14,7 +14,7 @@ import pytest
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.data.datasets import load_dataset, write_manifest
 from BreastSegmentationLib.data.phantom import write_cases
-from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_records
+from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_checked
 from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.inference.pipeline import load_models
 from BreastSegmentationLib.models.cards import load_model
@@ -72,7 +72,7 @@ def test_resumed_training_continues_from_the_checkpoint(tmp_path, phantom_lesion
 
 
 def test_breast_slices_option_takes_every_slice_with_breast(phantom_lesion_manifest):
-    cases = prepare_records(load_dataset(phantom_lesion_manifest)[:2], PreprocessConfig(spacing_mm=(2.5, 2.5)))
+    cases = prepare_checked(load_dataset(phantom_lesion_manifest)[:2], "lesion", PreprocessConfig(spacing_mm=(2.5, 2.5)))
     lesion_slices = SliceDataset(cases, approach="ov", task="lesion")
     breast_slices = SliceDataset(cases, approach="ov", task="lesion", breast_slices=True)
     assert len(breast_slices) > len(lesion_slices)
@@ -128,7 +128,7 @@ def test_data_parallel_training_with_torchrun_on_two_cpu_processes(tmp_path, pha
 
 
 def test_lesion_slices_can_be_oversampled_in_training(phantom_lesion_manifest):
-    cases = prepare_records(load_dataset(phantom_lesion_manifest)[:2], PreprocessConfig(spacing_mm=(2.5, 2.5)))
+    cases = prepare_checked(load_dataset(phantom_lesion_manifest)[:2], "lesion", PreprocessConfig(spacing_mm=(2.5, 2.5)))
     plain = SliceDataset(cases, approach="ov", task="lesion", breast_slices=True)
     repeated = SliceDataset(cases, approach="ov", task="lesion", breast_slices=True, lesion_slice_repeats=3)
     lesion_slices = sum(int(c.lesions[np.flatnonzero(c.breast.any(axis=(1, 2)))].any(axis=(1, 2)).sum()) for c in cases)

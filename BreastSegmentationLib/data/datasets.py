@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,23 +191,35 @@ def validate_dataset(records: Sequence[CaseRecord], task: str, min_patients: int
     the task's mask (``breast`` for BRS, ``lesions`` for lesion segmentation) must be present and not empty; the
     dataset needs at least ``min_patients`` patients.
     """
+    for _ in read_checked(records, task, min_patients, progress):
+        pass
+
+
+def read_checked(records: Sequence[CaseRecord], task: str, min_patients: int = 1,
+                 progress: Progress | None = None) -> Iterator[tuple[CaseRecord, dict[str, sitk.Image | None]]]:
+    """Each case with its images and masks (None when absent), read once and checked as :func:`validate_dataset`
+    says; after the last case, one InputError lists every problem. Once a problem is found the remaining cases are
+    only checked, no longer handed out, so nothing is built on a dataset that will be refused."""
     if task not in TASK_MASKS:
         raise ValueError(f"unknown task {task!r}; use one of {tuple(TASK_MASKS)}")
     progress = progress or silent()
     problems = []
-    task_mask = TASK_MASKS[task]
-    for record in progress.track(records, "checking dataset"):
-        problems.extend(_case_problems(record, task_mask))
     patients = {record.patient_id for record in records}
     if len(patients) < min_patients:
         problems.append(f"the dataset has {len(patients)} patient(s); at least {min_patients} are needed")
+    for record in progress.track(records, "checking dataset"):
+        images, case_problems = _read_case(record, TASK_MASKS[task])
+        problems.extend(case_problems)
+        if not problems:
+            yield record, images
     _raise_problems(problems, None)
 
 
-def _case_problems(record: CaseRecord, task_mask: str) -> list[str]:
-    problems = []
+def _read_case(record: CaseRecord, task_mask: str) -> tuple[dict[str, sitk.Image | None], list[str]]:
+    problems: list[str] = []
     pre = _read_or_problem(record.pre, "pre-contrast image", problems, as_mask=False)
     post = _read_or_problem(record.post, "post-contrast image", problems, as_mask=False)
+    images = {"pre": pre, "post": post}
     if pre is not None and post is not None and not same_geometry(pre, post):
         overlap = physical_overlap(pre, post)
         if overlap < MINIMUM_OVERLAP:
@@ -215,6 +227,7 @@ def _case_problems(record: CaseRecord, task_mask: str) -> list[str]:
                             f"{MINIMUM_OVERLAP:.0%} is needed); check that both belong to the same study")
     for role in MASK_ROLES:
         path = getattr(record, role)
+        images[role] = None
         if path is None:
             if role == task_mask:
                 problems.append(f"case {record.case_id}: no {role} mask, which this task trains on")
@@ -227,7 +240,8 @@ def _case_problems(record: CaseRecord, task_mask: str) -> list[str]:
                             f"({_grid_text(mask)} vs {_grid_text(pre)})")
         elif role == task_mask and not np.any(sitk.GetArrayViewFromImage(mask)):
             problems.append(f"{path}: the {role} mask is empty")
-    return problems
+        images[role] = mask
+    return images, problems
 
 
 def _read_or_problem(path: Path, name: str, problems: list[str], as_mask: bool) -> sitk.Image | None:

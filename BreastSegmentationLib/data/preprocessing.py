@@ -10,7 +10,7 @@ prediction on the prepared grid back onto the original image's grid.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -24,18 +24,16 @@ from ..io.images import (
     align_post_to_pre,
     as_float32,
     binary_mask,
-    check_mask,
-    read_image,
-    read_volume,
     reorient_to_ras,
     resample_like,
     same_geometry,
 )
-from ..progress import Progress, silent
+from ..progress import Progress
+
+from .datasets import CaseRecord, read_checked
 
 if TYPE_CHECKING:
     from .crops import CropBox
-    from .datasets import CaseRecord
 
 NORMALISATIONS = ("zscore_body", "percentile", "none")
 #: Channels the preprocessing can make. A model input names one, optionally read from a neighbouring slice:
@@ -346,24 +344,22 @@ def select_channels(case: PreparedCase, inputs: Sequence[str]) -> PreparedCase:
     return replace(case, image=image, channels=tuple(inputs))
 
 
-def prepare_record(record: CaseRecord, config: PreprocessConfig | None = None,
-                   masks: Sequence[str] = ("breast", "lesions")) -> PreparedCase:
-    """Read a dataset case and prepare it; only the masks named in ``masks`` are read."""
-    images = {"pre": read_volume(record.pre, "pre-contrast image"),
-              "post": read_volume(record.post, "post-contrast image")}
-    for name in masks:
-        path = getattr(record, name)
-        images[name] = None if path is None else check_mask(read_image(path), f"{name} mask", path)
-    return prepare_case(images["pre"], images["post"], images.get("breast"), images.get("lesions"), config,
-                        record.case_id, record.patient_id)
+def prepare_checked(records: Sequence[CaseRecord], task: str, config: PreprocessConfig | None = None,
+                    masks: Sequence[str] = ("breast", "lesions"), min_patients: int = 1,
+                    progress: Progress | None = None,
+                    view: Callable[[PreparedCase], PreparedCase] | None = None) -> list[PreparedCase]:
+    """Check a dataset and prepare it, reading each file once (:func:`~.datasets.read_checked`).
 
-
-def prepare_records(records: Sequence[CaseRecord], config: PreprocessConfig | None = None,
-                    masks: Sequence[str] = ("breast", "lesions"),
-                    progress: Progress | None = None) -> list[PreparedCase]:
-    """Prepare every case of a dataset (held in memory by the slice and patch datasets)."""
-    progress = progress or silent()
-    return [prepare_record(record, config, masks) for record in progress.track(records, "preparing cases")]
+    Only the masks named in ``masks`` are prepared; ``view`` is applied to each case as soon as it is prepared
+    (keeping only what training needs, so that a large dataset fits in memory).
+    """
+    prepared = []
+    for record, images in read_checked(records, task, min_patients, progress):
+        case = prepare_case(images["pre"], images["post"], *(images[name] if name in masks else None
+                                                            for name in ("breast", "lesions")),
+                            config=config, case_id=record.case_id, patient_id=record.patient_id)
+        prepared.append(view(case) if view is not None else case)
+    return prepared
 
 
 def restore_to_original(prediction: np.ndarray, prepared: PreparedCase, original_reference: sitk.Image,

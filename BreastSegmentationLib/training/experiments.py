@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.crops import table2_shapes, uniform_ov_boxes
-from ..data.datasets import load_dataset, validate_dataset
-from ..data.preprocessing import PreparedCase, prepare_records, select_channels
+from ..data.datasets import load_dataset
+from ..data.preprocessing import PreparedCase, prepare_checked, select_channels
 from ..data.slices import Approach, pad_to
 from ..errors import InputError
 from ..evaluation.carbon import cfp_from_time, normalised_cfp
@@ -104,10 +104,8 @@ def study_config(defaults: Mapping, options: Mapping | None, overrides: Mapping 
 def prepare_study_cases(config: TrainConfig, masks: Sequence[str], min_patients: int,
                         progress: Progress) -> list[PreparedCase]:
     """Read, check and prepare a study's dataset once (every run of the study trains from these cases)."""
-    records = load_dataset(config.dataset, require=masks)
-    validate_dataset(records, config.task, min_patients=min_patients, progress=progress)
-    return [select_channels(case, config.inputs)
-            for case in prepare_records(records, config.preprocess, masks=masks, progress=progress)]
+    return prepare_checked(load_dataset(config.dataset, require=masks), config.task, config.preprocess, masks,
+                           min_patients, progress, view=lambda case: select_channels(case, config.inputs))
 
 
 def train_folds(config: TrainConfig, split: Split, cases: Sequence[PreparedCase], test_cases: Sequence[PreparedCase],

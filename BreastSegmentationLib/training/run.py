@@ -25,9 +25,9 @@ import torch
 from monai.transforms import Compose, RandCropByPosNegLabeld
 
 from ..data.augmentation import KEYS, training_transforms
-from ..data.datasets import TASK_MASKS, load_dataset, validate_dataset
+from ..data.datasets import TASK_MASKS, load_dataset
 from ..data.crops import mask_box
-from ..data.preprocessing import PreparedCase, prepare_record, select_channels
+from ..data.preprocessing import PreparedCase, prepare_checked, select_channels
 from ..data.slices import STORAGE_DTYPE, Approach, SliceDataset
 from ..errors import InputError
 from ..evaluation.carbon import EnergyMeter
@@ -195,11 +195,10 @@ def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
         masks = ("breast", "lesions") if config.task == "lesion" else ("breast",)
         records = load_dataset(config.dataset, require=masks if Approach(config.approach).uses_brs
                                else (TASK_MASKS[config.task],))
-        validate_dataset(records, config.task, min_patients=config.folds + config.test_patients, progress=progress)
+        cases = prepare_checked(records, config.task, config.preprocess, masks, config.folds + config.test_patients,
+                                progress, view=lambda case: training_view(config, case))
         split = split_patients([r.patient_id for r in records], config.folds, config.test_patients,
                                config.optimisation.seed)
-        cases = [training_view(config, prepare_record(record, config.preprocess, masks))
-                 for record in progress.track(records, "preparing cases")]
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
             write_json(config.to_dict(), output / "config.json")
