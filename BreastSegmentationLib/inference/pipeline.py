@@ -123,19 +123,25 @@ def _predict_breast(models: ModelSet, prepared: PreparedCase, options: Segmentat
     return prepared.grid.image(probability), channels.shape
 
 
+def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str], crop: dict) -> tuple[CropBox, np.ndarray]:
+    """The OV box around ``breast`` and the lesion network's input in it: (C, z, y, x), masked by the breast.
+
+    Cropped in-plane first (less to copy), then the channels are chosen (neighbouring-slice inputs read the slices
+    beyond the box, as in training), then the box's slices are kept and masked.
+    """
+    box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
+                      multiple=crop.get("multiple", 32))
+    in_plane = CropBox(slices=(0, breast.shape[0]), rows=box.rows, cols=box.cols)
+    channels = select_channels(prepared.cropped(in_plane), inputs).image
+    return box, channels[:, slice(*box.slices)] * box.apply(breast)[None]
+
+
 def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarray, options: SegmentationOptions,
                      progress: Progress) -> tuple[np.ndarray, tuple[int, ...]]:
     """Lesion probability on the lesion model's grid, computed only inside the crop around the breast, and the
     (C, z, y, x) shape the network ran on."""
     model = models.lesion
-    crop = model.crop
-    box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
-                      multiple=crop.get("multiple", 32))
-    # In-plane crop first (less to copy), then the channels (neighbouring-slice inputs read the slices beyond the
-    # box, as in training), then the box's slices, masked by the breast.
-    in_plane = CropBox(slices=(0, breast.shape[0]), rows=box.rows, cols=box.cols)
-    channels = select_channels(prepared.cropped(in_plane), model.card.inputs).image
-    cropped = channels[:, slice(*box.slices)] * box.apply(breast)[None]
+    box, cropped = lesion_input(prepared, breast, model.card.inputs, model.crop)
     probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions")
     return box.paste(probability, breast.shape), cropped.shape
