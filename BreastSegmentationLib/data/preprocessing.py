@@ -213,7 +213,8 @@ def fill_holes_per_slice(mask_zyx: np.ndarray) -> np.ndarray:
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    mask[box] = ndimage.binary_fill_holes(np.pad(mask[box], ((0, 0), (1, 1), (1, 1))), structure=in_plane)[:, 1:-1, 1:-1]
+    framed = np.pad(mask[box], ((0, 0), (1, 1), (1, 1)))
+    mask[box] = ndimage.binary_fill_holes(framed, structure=in_plane)[:, 1:-1, 1:-1]
     return mask
 
 

@@ -123,7 +123,8 @@ def _predict_breast(models: ModelSet, prepared: PreparedCase, options: Segmentat
     return prepared.grid.image(probability), channels.shape
 
 
-def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str], crop: dict) -> tuple[CropBox, np.ndarray]:
+def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
+                 crop: dict) -> tuple[CropBox, np.ndarray]:
     """The OV box around ``breast`` and the lesion network's input in it: (C, z, y, x), masked by the breast.
 
     Cropped in-plane first (less to copy), then the channels are chosen (neighbouring-slice inputs read the slices
