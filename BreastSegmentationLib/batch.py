@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .errors import InputError
 from .inference.pipeline import ModelSet, SegmentationOptions, load_models
-from .inference.postprocess import LesionCleaning
 from .inference.study import StudyInput, segment_study, study_from_dicom, study_from_files
 from .io.images import SINGLE_FILE_SUFFIXES
 from .progress import Cancelled, Progress, silent
@@ -51,7 +50,7 @@ class BatchOptions:
     device: str = "auto"
     models: Path | None = None
     threshold: float | None = None
-    min_lesion_mm3: float = LesionCleaning().min_volume_mm3
+    min_lesion_mm3: float | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def segment_one(study: Study, output_dir: Path, models: ModelSet, options: Batch
     lesions = volume = None
     try:
         summary = segment_study(_read_study(study, progress), out_dir, models,
-                                SegmentationOptions(options.threshold, LesionCleaning(options.min_lesion_mm3)),
+                                SegmentationOptions(options.threshold, options.min_lesion_mm3),
                                 progress=progress)
         exit_code, status, message = 0, "ok", ""
         lesions = summary["lesion_count"]

@@ -116,6 +116,8 @@ def test_save_refuses_a_model_that_does_not_match_its_card_and_leaves_nothing(tm
     ({"inputs": ["pre", "pre"]}, "must be distinct"),
     ({"task": "liver"}, "task must be one of"),
     ({"threshold": 1.5}, "threshold"),
+    ({"min_lesion_mm3": -1.0}, "min_lesion_mm3"),
+    ({"min_lesion_mm3": "20"}, "min_lesion_mm3"),
     ({"sha256": "abc"}, "sha256"),
     ({"weights": "../elsewhere.safetensors"}, "file name beside the card"),
     ({"format_version": 99}, "newer"),

@@ -34,10 +34,11 @@ def constant_model(architecture: str, inputs: int, logit: float) -> torch.nn.Mod
 
 
 def write_models(folder: Path, breast_logit: float, lesion_logit: float,
-                 lesion_inputs: tuple[str, ...] = ("pre", "post", "subtraction")) -> Path:
+                 lesion_inputs: tuple[str, ...] = ("pre", "post", "subtraction"), min_lesion_mm3: float = 10.0) -> Path:
     breast_card = ModelCard(name="brs", task="breast", architecture="unet_small", inputs=["pre", "post"],
                             preprocessing={"spacing_mm": [2.0, 2.0]})
     lesion_card = ModelCard(name="bls", task="lesion", architecture="unetpp_small", inputs=list(lesion_inputs),
+                            min_lesion_mm3=min_lesion_mm3,
                             preprocessing={"spacing_mm": [1.0, 1.0], "subtraction": True,
                                            "crop": {"kind": "ov", "safe_distance_mm": 16.0, "multiple": 32}})
     save_model(constant_model("unet_small", 2, breast_logit), breast_card, folder)
@@ -99,6 +100,18 @@ def test_lesion_threshold_above_the_probability_finds_no_lesion(tmp_path, rng):
     models = load_models(write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=-1.0), "cpu")
     result = segment_images(*study_images(rng), models, SegmentationOptions(threshold=0.5))
     assert sitk.GetArrayFromImage(result.lesions).sum() == 0
+
+
+def test_minimum_lesion_volume_comes_from_the_card_unless_the_options_give_one(tmp_path, rng):
+    from BreastSegmentationLib.inference.pipeline import SegmentationOptions
+
+    # The constant lesion model marks the whole crop: one lesion of 10 x 40 x 48 voxels of 1.62 mm3 (31,104 mm3).
+    models = load_models(write_models(tmp_path / "models", 5.0, 5.0, min_lesion_mm3=40_000.0), "cpu")
+    images = study_images(rng)
+    by_card = segment_images(*images, models)
+    assert by_card.min_lesion_mm3 == 40_000.0 and not sitk.GetArrayFromImage(by_card.lesions).any()
+    by_option = segment_images(*images, models, SegmentationOptions(min_lesion_mm3=30_000.0))
+    assert by_option.min_lesion_mm3 == 30_000.0 and sitk.GetArrayFromImage(by_option.lesions).all()
 
 
 def test_no_breast_found_is_a_clear_error_and_writes_nothing(tmp_path, rng):

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from ..inference.pipeline import SegmentationOptions, load_models
-from ..inference.postprocess import LesionCleaning
 from ..inference.study import StudyInput, segment_study, study_from_dicom, study_from_files
 from ..batch import BatchOptions, run_batch
 from ..progress import Progress
@@ -24,8 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with one breast and one lesion model card (default: the bundled models)")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="lesion probability threshold (default: the lesion model card's)")
-    parser.add_argument("--min-lesion-mm3", type=float, default=LesionCleaning().min_volume_mm3,
-                        metavar="V", help="drop predicted lesions smaller than this (default: %(default)s mm3)")
+    parser.add_argument("--min-lesion-mm3", type=float, metavar="V",
+                        help="drop predicted lesions smaller than this in mm3 (default: the lesion model card's)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def options_from(args: argparse.Namespace) -> SegmentationOptions:
-    return SegmentationOptions(threshold=args.threshold, lesion_cleaning=LesionCleaning(args.min_lesion_mm3))
+    return SegmentationOptions(threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3)
 
 
 def read_study(args: argparse.Namespace, progress: Progress) -> StudyInput:

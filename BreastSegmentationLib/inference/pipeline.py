@@ -91,10 +91,10 @@ def load_models(folder: str | Path | None = None, device: str = "auto") -> Model
 
 @dataclass
 class SegmentationOptions:
-    """Choices of one run; ``threshold`` None means the lesion model card's threshold."""
+    """Choices of one run; ``threshold`` and ``min_lesion_mm3`` None mean the lesion model card's."""
 
     threshold: float | None = None
-    lesion_cleaning: LesionCleaning = field(default_factory=LesionCleaning)
+    min_lesion_mm3: float | None = None
     batch_size: int = 8
 
 
@@ -109,6 +109,7 @@ class Segmentation:
     seconds: dict[str, float]
     device: str
     threshold: float
+    min_lesion_mm3: float
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
@@ -185,7 +186,8 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     started = time.perf_counter()
     threshold = models.lesion.card.threshold if options.threshold is None else options.threshold
     candidates = prepared.grid.image((lesion_probability > threshold).astype(np.uint8))
-    lesions = clean_lesion_mask(candidates, breast, options.lesion_cleaning)
+    min_volume = models.lesion.card.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
+    lesions = clean_lesion_mask(candidates, breast, LesionCleaning(min_volume))
     result = Segmentation(
         breast=resample_like(breast, pre, is_mask=True),
         lesions=resample_like(lesions, pre, is_mask=True),
@@ -194,6 +196,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         seconds=seconds,
         device=describe_device(models.device),
         threshold=threshold,
+        min_lesion_mm3=min_volume,
         network_inputs={"breast": breast_input, "lesion": lesion_input},
     )
     seconds["restore"] = time.perf_counter() - started

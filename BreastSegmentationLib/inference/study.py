@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +42,14 @@ class StudyInput:
 
 
 def study_from_files(pre_path: str | Path, post_path: str | Path) -> StudyInput:
-    """Read pre- and post-contrast volumes from image files (or single-series DICOM folders)."""
-    pre = read_volume(pre_path, "pre-contrast image")
-    post = read_volume(post_path, "post-contrast image")
+    """Read pre- and post-contrast volumes from image files (or single-series DICOM folders).
+
+    The two are read side by side: most of a read is decompression, which runs outside Python's GIL.
+    """
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reading_pre = pool.submit(read_volume, pre_path, "pre-contrast image")
+        reading_post = pool.submit(read_volume, post_path, "post-contrast image")
+        pre, post = reading_pre.result(), reading_post.result()
     return StudyInput(pre, post, {"pre": {"path": str(pre_path)}, "post": {"path": str(post_path)}})
 
 
@@ -93,6 +99,7 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
         "models": models.cards(),
         "device": result.device,
         "threshold": result.threshold,
+        "min_lesion_mm3": result.min_lesion_mm3,
         "network_inputs": {task: list(shape) for task, shape in result.network_inputs.items()},
         "seconds": {**{k: round(v, 3) for k, v in result.seconds.items()},
                     "total": round(time.perf_counter() - started, 3)},
@@ -102,10 +109,11 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
         "lesions": lesion_rows,
         **({"metrics": evaluation["metrics"]} if evaluation is not None else {}),
     }
-    with atomic_output_dir(out_dir) as staging:
-        write_image(result.breast, staging / "breast.nii.gz")
-        write_image(result.lesions, staging / "lesions.nii.gz")
-        write_image(result.probability, staging / "lesion_probability.nii.gz")
+    # The volumes are compressed and written in threads (ITK's writer leaves Python's GIL) while the figure is drawn.
+    with atomic_output_dir(out_dir) as staging, ThreadPoolExecutor(max_workers=3) as pool:
+        volumes = [pool.submit(write_image, image, staging / name) for image, name in (
+            (result.breast, "breast.nii.gz"), (result.lesions, "lesions.nii.gz"),
+            (result.probability, "lesion_probability.nii.gz"))]
         write_csv(lesion_rows, staging / "lesions.csv", lesion_table_columns(enhancement=True))
         if evaluation is not None:
             write_json(evaluation["metrics"], staging / "metrics.json")
@@ -113,6 +121,8 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
         save_overview(study.pre, result.post_aligned, result.breast, result.lesions, staging / "overview.png",
                       lesion_rows, title=f"{len(lesion_rows)} lesion(s)")
         write_json(summary, staging / "summary.json")
+        for volume in volumes:
+            volume.result()
     progress.update("report", 1.0)
     return summary
 

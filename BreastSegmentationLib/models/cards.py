@@ -59,6 +59,7 @@ class ModelCard:
     architecture_kwargs: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
+    min_lesion_mm3: float = 10.0  #: lesion models: smaller predicted lesions are dropped
     weights: str = ""
     sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +80,9 @@ class ModelCard:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not 0 < self.threshold < 1:
             raise InputError(f"threshold must be a number between 0 and 1, not {self.threshold!r}")
+        if isinstance(self.min_lesion_mm3, bool) or not isinstance(self.min_lesion_mm3, (int, float)) \
+                or not self.min_lesion_mm3 >= 0:
+            raise InputError(f"min_lesion_mm3 must be a number of at least 0, not {self.min_lesion_mm3!r}")
         if not isinstance(self.licence, str) or not isinstance(self.notes, str):
             raise InputError("licence and notes must be text")
 
