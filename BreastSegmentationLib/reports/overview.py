@@ -21,6 +21,8 @@ from ..io.outputs import atomic_output_file  # noqa: E402
 
 #: Lesion panels shown at most (the largest lesions first).
 MAX_LESION_PANELS = 7
+#: Width of one panel in inches.
+PANEL_WIDTH_IN = 3.6
 
 
 def display_array(image: sitk.Image) -> np.ndarray:
@@ -61,7 +63,10 @@ def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions
     volumes = {int(row["id"]): row.get("volume_mm3") for row in (lesion_rows or [])}
     aspect = _aspect(pre)
     columns = 1 + max(len(labels), 1)
-    figure, axes = plt.subplots(1, columns, figsize=(3.6 * columns, 4.0), dpi=110, squeeze=False)
+    panel_height = PANEL_WIDTH_IN * aspect * post_a.shape[1] / post_a.shape[2]
+    titles_height = 0.55 if title else 0.3
+    figure, axes = plt.subplots(1, columns, figsize=(PANEL_WIDTH_IN * columns, panel_height + titles_height),
+                                dpi=110, squeeze=False)
     axes = axes[0]
     mip = np.subtract(post_a, pre_a, dtype=np.float32).max(axis=0)
     low, high = _window(mip)
@@ -87,9 +92,10 @@ def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions
         axis.set_axis_off()
     if title:
         figure.suptitle(title, fontsize=9)
-    # A fixed layout: the panels carry no ticks or labels, so tight_layout's text measuring (a third of a second)
-    # would only find what is set here.
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86 if title else 0.9, wspace=0.04)
+    # A fixed layout sized to the panels' aspect: they carry no ticks or labels, so tight_layout's text measuring (a
+    # third of a second) would only find what is set here.
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=panel_height / (panel_height + titles_height),
+                           wspace=0.04)
     with atomic_output_file(path) as temporary:
         figure.savefig(temporary)
     plt.close(figure)
