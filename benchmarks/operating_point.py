@@ -17,12 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+from accuracy import lesion_scores, summarise_lesions  # benchmarks/ is on the path of a script run from it
 
 from BreastSegmentationLib.data.datasets import load_dataset
-from BreastSegmentationLib.evaluation.lesions import match_lesions
-from BreastSegmentationLib.evaluation.metrics import mask_array, overlap_counts, scores_from_counts
 from BreastSegmentationLib.inference.pipeline import load_models, segment_images
 from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_lesion_mask
 from BreastSegmentationLib.reports.tables import markdown_table
@@ -30,22 +28,8 @@ from BreastSegmentationLib.reports.tables import markdown_table
 
 def score(probability: sitk.Image, breast: sitk.Image, reference: sitk.Image, threshold: float,
           min_volume_mm3: float) -> dict:
-    """Dice, large lesions found / present and false positives of one study at one operating point (Dice from
-    voxel counts alone: the surface distances of the full metrics would take most of the time)."""
-    lesions = clean_lesion_mask(probability > threshold, breast, LesionCleaning(min_volume_mm3)) > 0
-    matching = match_lesions(lesions, reference, bins=(20.0,))
-    large = next(b for b in matching["bins"] if b["min_mm3"] >= 20.0)
-    dice = float(scores_from_counts(*overlap_counts(mask_array(lesions), mask_array(reference)))["dice"])
-    return {"dice": dice, "large": large["tp"] + large["fn"],
-            "detected": large["tp"], "fp": matching["fp"], "has_lesions": bool(matching["tp"] + matching["fn"])}
-
-
-def summarise(scores: list[dict]) -> dict:
-    large = sum(s["large"] for s in scores)
-    with_lesions = [s["dice"] for s in scores if s["has_lesions"]]
-    return {"lesion_dice": float(np.mean(with_lesions)) if with_lesions else None,
-            "detected_over_20mm3": sum(s["detected"] for s in scores) / large if large else None,
-            "fp_per_case": float(np.mean([s["fp"] for s in scores]))}
+    """The accuracy benchmark's lesion scores of one study at one operating point."""
+    return lesion_scores(clean_lesion_mask(probability > threshold, breast, LesionCleaning(min_volume_mm3)), reference)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             scores[threshold, min_volume].append(score(result.probability, result.breast, reference, threshold,
                                                        min_volume))
         print(f"{record.case_id}: done", flush=True)
-    rows = [{"threshold": t, "min_lesion_mm3": v, **summarise(scores[t, v])} for t, v in pairs]
+    rows = [{"threshold": t, "min_lesion_mm3": v, **summarise_lesions(scores[t, v])} for t, v in pairs]
     print(f"{len(records)} validation studies")
     print(markdown_table(rows))
     if args.out:
