@@ -14,7 +14,14 @@ import torch
 from BreastSegmentationLib.data.augmentation import augment, spatial_transforms, training_transforms
 from BreastSegmentationLib.data.datasets import CaseRecord, load_dataset, validate_dataset, write_manifest
 from BreastSegmentationLib.data.interop import export_nnunet_raw, import_breastdm, import_nnunet_raw
-from BreastSegmentationLib.data.patches import PatchDataset
+from BreastSegmentationLib.data.patches import (
+    BACKGROUND,
+    ENHANCING,
+    ENHANCING_QUANTILE,
+    LESION,
+    PatchDataset,
+    enhancing_classes,
+)
 from BreastSegmentationLib.data.preprocessing import prepare_case
 from BreastSegmentationLib.data.slices import Approach, SliceDataset
 from BreastSegmentationLib.errors import InputError
@@ -252,6 +259,22 @@ def test_patch_dataset_pads_small_volumes_and_masks_with_brs(prepared):
     z, y, x = sample["start"]
     outside = ~np.pad(prepared.breast.astype(bool), ((0, 4), (0, 0), (0, 0)))[z:z + 20, y:y + 32, x:x + 32]
     assert torch.all(sample["image"][:, torch.from_numpy(outside)] == 0)
+
+
+def test_enhancing_classes_mark_the_most_enhancing_tissue_that_is_no_lesion(rng):
+    subtraction = np.zeros((64, 64), np.float32)
+    subtraction[8:56, 8:56] = rng.uniform(0.0, 1.0, (48, 48)) + 0.01  # breast tissue; zero outside the breast
+    subtraction[20:24, 20:24] = 4.0  # a strongly enhancing vessel
+    subtraction[40:46, 40:46] = 5.0  # the lesion, brighter still
+    label = np.zeros_like(subtraction)
+    label[40:46, 40:46] = 1
+    classes = enhancing_classes(subtraction, label)
+    assert np.all(classes[label > 0] == LESION)
+    assert np.all(classes[20:24, 20:24] == ENHANCING)
+    tissue = (subtraction > 0) & (label == 0)
+    assert np.mean(classes[tissue] == ENHANCING) == pytest.approx(1 - ENHANCING_QUANTILE, abs=0.01)
+    assert np.all(classes[subtraction == 0] == BACKGROUND)
+    assert not np.any(enhancing_classes(np.zeros((8, 8)), np.zeros((8, 8))))
 
 
 # Augmentation ---------------------------------------------------------------------------------------------------------

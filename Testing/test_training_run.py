@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.data.datasets import load_dataset, write_manifest
@@ -18,8 +19,8 @@ from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_c
 from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
 from BreastSegmentationLib.models.cards import load_model
-from BreastSegmentationLib.training.config import load_config
-from BreastSegmentationLib.training.run import make_slice_dataset, training_view
+from BreastSegmentationLib.training.config import config_from_dict, load_config
+from BreastSegmentationLib.training.run import make_slice_dataset, slice_training_transform, training_view
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,8 @@ def test_breast_slices_option_takes_every_slice_with_breast(phantom_lesion_manif
     ({"learning_rate": 0.1}, "unknown key"),
     ({"folds": 20}, "at least 21"),
     ({"inputs": ["pre", "post", "subtraction"], "preprocessing": {}}, "subtraction"),
+    ({"patches": {"size": [32, 32], "foreground_ratio": 0.8, "enhancing_ratio": 0.3}}, "sum <= 1"),
+    ({"patches": {"size": [32, 32], "enhancing_ratio": 0.3}, "inputs": ["pre", "post"]}, "'subtraction' input"),
 ])
 def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_lesion_manifest, change, message,
                                                             capsys):
@@ -160,3 +163,28 @@ def test_lesion_inputs_in_training_equal_those_at_inference(phantom_lesion_manif
     # the first slice's lower neighbour is a real slice below the breast, not the slice repeated
     first = np.moveaxis(at_inference, 0, 1)[0]
     assert not np.allclose(first[1], first[2])
+
+
+def test_hard_negative_patches_centre_on_strong_enhancement_that_is_no_lesion():
+    """With enhancing_ratio 1 every patch holds the hot spot; with the plain sampler few do."""
+    image = np.zeros((3, 128, 128), np.float32)
+    image[:, 8:120, 8:120] = 0.1
+    image[2, 100:104, 10:14] = 5.0  # subtraction channel: a small strongly enhancing spot in a corner
+    label = np.zeros((1, 128, 128), np.float32)
+    label[0, 20:26, 100:106] = 1
+
+    def share_with_spot(patches: dict) -> float:
+        config = config_from_dict({"name": "x", "task": "lesion", "dataset": "d.csv", "augmentation": 0.0,
+                                   "inputs": ["pre", "post", "subtraction"], "preprocessing": {"subtraction": True},
+                                   "patches": {"size": [32, 32], **patches}})
+        transform = slice_training_transform(config)
+        hits = []
+        for seed in range(40):
+            transform.set_random_state(seed)
+            patch = transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+            assert set(patch) == {"image", "label"} and patch["image"].shape == (3, 32, 32)
+            hits.append(float(patch["image"][2].max()) == 5.0)
+        return float(np.mean(hits))
+
+    assert share_with_spot({"foreground_ratio": 0.0, "enhancing_ratio": 1.0}) == 1.0
+    assert share_with_spot({"foreground_ratio": 0.0}) < 0.3

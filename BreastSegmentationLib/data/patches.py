@@ -2,7 +2,8 @@
 
 A third of the patches (by default) are centred on a random foreground voxel; the others lie anywhere. MONAI's
 ``RandCropByPosNegLabeld`` samples the same way but keeps the index of every background voxel, 8 bytes per voxel
-and case; like nnU-Net, only a sample of foreground locations is kept here.
+and case; like nnU-Net, only a sample of foreground locations is kept here. :func:`enhancing_classes` is the
+sampling map of 2-D lesion training that also centres patches on strongly enhancing tissue (hard negatives).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from .slices import brs_masks_for, pad_to, task_label
 FOREGROUND_FRACTION = 1.0 / 3.0
 #: nnU-Net keeps at most 10,000 foreground locations per class and case.
 MAX_FOREGROUND_LOCATIONS = 10_000
+#: Classes of a patch-sampling map (MONAI's ``RandCropByLabelClassesd`` centres each patch on a class drawn by ratio).
+BACKGROUND, LESION, ENHANCING = 0, 1, 2
+#: Tissue above this quantile of a slice's subtraction (lesions left out) counts as strongly enhancing.
+ENHANCING_QUANTILE = 0.97
 
 
 class PatchDataset(Dataset):
@@ -83,3 +88,17 @@ def _foreground_sample(label: np.ndarray, rng: np.random.Generator) -> np.ndarra
     if locations.size > MAX_FOREGROUND_LOCATIONS:
         locations = rng.choice(locations, MAX_FOREGROUND_LOCATIONS, replace=False)
     return locations
+
+
+def enhancing_classes(subtraction: np.ndarray, label: np.ndarray, quantile: float = ENHANCING_QUANTILE) -> np.ndarray:
+    """Patch-sampling classes of one breast-masked slice: lesion, the most enhancing other tissue, the rest.
+
+    Strongly enhancing tissue that is no lesion (parenchymal enhancement, vessels, lymph nodes) is what a lesion
+    model mistakes for lesions; random patches seldom centre on it, so training shows it on purpose (model-free
+    hard negatives). Tissue is where the masked subtraction is non-zero.
+    """
+    classes = np.where(label > 0, LESION, BACKGROUND).astype(np.uint8)
+    tissue = (subtraction != 0) & (label == 0)
+    if tissue.any():
+        classes[tissue & (subtraction > np.quantile(subtraction[tissue], quantile))] = ENHANCING
+    return classes

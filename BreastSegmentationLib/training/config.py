@@ -37,11 +37,19 @@ TASKS = ("breast", "lesion")
 class PatchSampling:
     """Random in-plane patches of the training slices (faster epochs on a CPU); ``size`` None = whole slices.
 
-    ``foreground_ratio`` is the share of patches centred on the label (lesion or breast), the rest anywhere.
+    ``foreground_ratio`` is the share of patches centred on the label (lesion or breast); ``enhancing_ratio`` (lesion
+    models with a subtraction input) the share centred on the most enhancing tissue that is no lesion, the hard
+    negatives (see :func:`~..data.patches.enhancing_classes`); the rest lie anywhere.
     """
 
     size: tuple[int, int] | None = None
     foreground_ratio: float = 0.5
+    enhancing_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.foreground_ratio, self.enhancing_ratio) < 0 or self.foreground_ratio + self.enhancing_ratio > 1:
+            raise InputError(f"patches: foreground_ratio and enhancing_ratio must be >= 0 with a sum <= 1, got "
+                             f"{self.foreground_ratio} and {self.enhancing_ratio}")
 
 
 @dataclass
@@ -84,6 +92,9 @@ class TrainConfig:
         if self.slices not in ("approach", "breast"):
             raise InputError(f"slices must be 'approach' (the approach's slices) or 'breast' (every slice with "
                              f"breast), got {self.slices!r}")
+        if self.patches.enhancing_ratio and (self.task != "lesion" or "subtraction" not in self.inputs):
+            raise InputError("patches.enhancing_ratio needs a lesion model with a 'subtraction' input (strong "
+                             "enhancement is read from it)")
         if self.run_folds is not None and any(not 0 <= k < self.folds for k in self.run_folds):
             raise InputError(f"run_folds {self.run_folds} must be fold numbers from 0 to {self.folds - 1}")
 

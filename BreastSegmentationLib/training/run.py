@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandCropByPosNegLabeld
+from monai.transforms import Compose, RandCropByLabelClassesd, RandCropByPosNegLabeld
 
 from ..data.augmentation import KEYS, training_transforms
 from ..data.datasets import TASK_MASKS, load_dataset
+from ..data.patches import enhancing_classes
 from ..data.crops import mask_box
 from ..data.preprocessing import PreparedCase, prepare_checked, select_channels
 from ..data.slices import STORAGE_DTYPE, Approach, SliceDataset
@@ -63,18 +64,46 @@ class FoldOutcome:
     card_path: Path
 
 
+#: Key of the patch-sampling class map while a patch is chosen.
+SAMPLING = "sampling"
+
+
 def _first_patch(samples: list[dict]) -> dict:
-    return samples[0]
+    return {key: value for key, value in samples[0].items() if key != SAMPLING}
 
 
-def _training_transform(config: TrainConfig) -> Compose | None:
+@dataclass
+class SamplingClasses:
+    """Adds the sampling map of :func:`enhancing_classes` to a 2-D sample, from its ``channel`` (the subtraction)."""
+
+    channel: int
+
+    def __call__(self, sample: dict) -> dict:
+        classes = enhancing_classes(np.asarray(sample["image"][self.channel]), np.asarray(sample["label"][0]))
+        return {**sample, SAMPLING: torch.from_numpy(classes[None])}
+
+
+def _patch_sampling(config: TrainConfig) -> list:
+    """Random patch choice: on the label, on strongly enhancing tissue (hard negatives) or anywhere, by ratio.
+
+    MONAI returns a list of patches; one per slice per epoch keeps epochs short and varied.
+    """
+    patches = config.patches
+    if not patches.enhancing_ratio:
+        return [RandCropByPosNegLabeld(KEYS, "label", patches.size, pos=patches.foreground_ratio,
+                                       neg=1.0 - patches.foreground_ratio, num_samples=1, allow_smaller=True),
+                _first_patch]
+    ratios = [1.0 - patches.foreground_ratio - patches.enhancing_ratio, patches.foreground_ratio,
+              patches.enhancing_ratio]
+    return [SamplingClasses(config.inputs.index("subtraction")),
+            RandCropByLabelClassesd(KEYS, SAMPLING, patches.size, ratios=ratios, num_classes=len(ratios),
+                                    num_samples=1, allow_smaller=True, warn=False),
+            _first_patch]
+
+
+def slice_training_transform(config: TrainConfig) -> Compose | None:
     """Patch sampling (when configured) followed by augmentation (domain randomisation)."""
-    steps = []
-    if config.patches.size is not None:
-        ratio = config.patches.foreground_ratio
-        # MONAI returns a list of patches; one per slice per epoch keeps epochs short and varied.
-        steps += [RandCropByPosNegLabeld(KEYS, "label", config.patches.size, pos=ratio, neg=1.0 - ratio,
-                                         num_samples=1, allow_smaller=True), _first_patch]
+    steps = _patch_sampling(config) if config.patches.size is not None else []
     if config.augmentation > 0:
         steps.append(training_transforms(2, config.augmentation))
     # map_items=False: the crop's one-patch list reaches _first_patch whole instead of item by item.
@@ -99,7 +128,7 @@ def make_slice_dataset(config: TrainConfig, cases: list[PreparedCase], training:
         cases,
         approach=config.approach,
         task=config.task,
-        transform=_training_transform(config) if training else None,
+        transform=slice_training_transform(config) if training else None,
         ov_height=ov_height,
         safe_distance_mm=config.safe_distance_mm,
         breast_slices=config.slices == "breast",
