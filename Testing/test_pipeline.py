@@ -21,6 +21,7 @@ from BreastSegmentationLib.inference.pipeline import load_models, segment_images
 from BreastSegmentationLib.inference.study import OUTPUT_FILES, segment_study, study_from_files
 from BreastSegmentationLib.models.cards import ModelCard, save_model
 from BreastSegmentationLib.models.registry import build_model
+from BreastSegmentationLib.resources import sample_dir
 
 
 def constant_model(architecture: str, inputs: int, logit: float) -> torch.nn.Module:
@@ -112,6 +113,20 @@ def test_minimum_lesion_volume_comes_from_the_card_unless_the_options_give_one(t
     assert by_card.min_lesion_mm3 == 40_000.0 and not sitk.GetArrayFromImage(by_card.lesions).any()
     by_option = segment_images(*images, models, SegmentationOptions(min_lesion_mm3=30_000.0))
     assert by_option.min_lesion_mm3 == 30_000.0 and sitk.GetArrayFromImage(by_option.lesions).all()
+
+
+def test_a_sagittally_stored_study_gives_the_same_segmentation_as_the_axial_one():
+    """Many protocols store DCE-MRI sagittally; the bundled models must see the same axial slices either way."""
+    sample = sample_dir()
+    axial = [sitk.ReadImage(str(sample / name)) for name in ("pre.nii.gz", "post.nii.gz")]
+    sagittal = [sitk.DICOMOrient(image, "PSL") for image in axial]  # slices along left-right, same voxels
+    models = load_models(None, "cpu")
+    from_axial, from_sagittal = segment_images(*axial, models), segment_images(*sagittal, models)
+    assert from_sagittal.lesions.GetSize() == sagittal[0].GetSize()
+    for name in ("breast", "lesions"):
+        expected = sitk.GetArrayFromImage(getattr(from_axial, name))
+        back_on_axial = sitk.Resample(getattr(from_sagittal, name), axial[0], sitk.Transform(), sitk.sitkNearestNeighbor)
+        assert expected.any() and np.array_equal(sitk.GetArrayFromImage(back_on_axial), expected), name
 
 
 def test_no_breast_found_is_a_clear_error_and_writes_nothing(tmp_path, rng):
