@@ -42,6 +42,12 @@ def _window(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
+def _caption(axis: plt.Axes, text: str) -> None:
+    """A panel's title as plain text above it: ``set_title`` makes every draw measure the (hidden) axes to place
+    titles, a third of the figure's drawing time."""
+    axis.text(0.5, 1.01, text, transform=axis.transAxes, ha="center", va="bottom", fontsize=8)
+
+
 def _largest_slices(lesion_a: np.ndarray, limit: int) -> dict[int, int]:
     """The first ``limit`` labels of a label map and, for each, the slice where it has the most voxels."""
     boxes = ndimage.find_objects(lesion_a)
@@ -75,7 +81,7 @@ def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions
     if labels:
         shown = (lesion_a > 0) & (lesion_a <= labels[-1])  # the labels shown are the first ones present
         axes[0].contour(shown.any(axis=0), levels=[0.5], colors="red", linewidths=0.9)
-    axes[0].set_title("subtraction MIP: breast (blue), lesions (red)", fontsize=8)
+    _caption(axes[0], "subtraction MIP: breast (blue), lesions (red)")
     low, high = _window(post_a[breast_a] if breast_a.any() else post_a)
     for axis, label in zip(axes[1:], labels):
         k = lesion_slices[label]
@@ -83,11 +89,10 @@ def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions
         axis.contour(breast_a[k], levels=[0.5], colors="deepskyblue", linewidths=0.6)
         axis.contour(lesion_a[k] == label, levels=[0.5], colors="red", linewidths=1.0)
         volume = volumes.get(label)
-        axis.set_title(f"lesion {label}" + (f": {volume:.0f} mm³" if volume is not None else "")
-                       , fontsize=8)
+        _caption(axis, f"lesion {label}" + (f": {volume:.0f} mm³" if volume is not None else ""))
     if not labels:
         axes[1].imshow(post_a[post_a.shape[0] // 2], cmap="gray", vmin=low, vmax=high, aspect=aspect)
-        axes[1].set_title("no lesion found (middle slice)", fontsize=8)
+        _caption(axes[1], "no lesion found (middle slice)")
     for axis in axes:
         axis.set_axis_off()
     if title:
