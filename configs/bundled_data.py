@@ -4,9 +4,8 @@
 
 - ``data/phantom-train``: 40 phantom studies (seed 1000), the breast model's dataset.
 - ``data/phantom-lesions-2000`` and ``-2001``: 50 studies each with 1-3 lesions.
-- ``data/phantom-train-lesions.csv``: the studies of phantom-train with a lesion (33), the bundled lesion model's.
-- ``data/phantom-lesions.csv``: every study of the three with a lesion (133), the dataset of configs/lesion_2p5d.json; case ids
-  are the studies' patient ids, unique across the folders.
+- ``data/phantom-lesions.csv``: every study of the three with a lesion (133), the dataset of configs/bundled_lesion.json
+  and configs/lesion_2p5d.json; case ids are the studies' patient ids, unique across the folders.
 
 Seeds 9000 and up are never used here: benchmarks/accuracy.py holds them out. About 25 minutes on two cores.
 """
@@ -42,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
             write_cases(folder, cases, seed, config)
         lesion_records += [dataclasses.replace(record, case_id=record.patient_id)
                            for record in load_dataset(folder) if has_lesions(Path(record.pre).parent)]
-        if name == "phantom-train":
-            write_manifest(list(lesion_records), args.out / "phantom-train-lesions.csv")
     print(write_manifest(lesion_records, args.out / "phantom-lesions.csv"), len(lesion_records), "studies")
     return 0
 

@@ -26,8 +26,8 @@ from monai.transforms import Compose, RandCropByLabelClassesd, RandCropByPosNegL
 
 from ..data.augmentation import KEYS, training_transforms
 from ..data.datasets import TASK_MASKS, load_dataset
-from ..data.patches import enhancing_classes
 from ..data.crops import mask_box
+from ..data.patches import enhancing_classes
 from ..data.preprocessing import PreparedCase, prepare_checked, select_channels
 from ..data.slices import STORAGE_DTYPE, Approach, SliceDataset
 from ..errors import InputError
