@@ -11,6 +11,8 @@ from scipy import ndimage
 
 from BreastSegmentationLib.data.datasets import CaseRecord
 from BreastSegmentationLib.data.preprocessing import (
+    ENHANCEMENT_FLOOR_FRACTION,
+    ENHANCEMENT_RANGE,
     PreprocessConfig,
     body_mask,
     fill_holes_per_slice,
@@ -113,6 +115,33 @@ def test_subtraction_channel(case):
     assert np.allclose(prepared.image[2], prepared.image[1] - prepared.image[0])
 
 
+def test_enhancement_channel_is_the_relative_enhancement_with_a_floor(case):
+    prepared = prepare_case(**case, config=PreprocessConfig(subtraction=True, enhancement=True))
+    assert prepared.channels == ("pre", "post", "subtraction", "enhancement")
+    enhancement, lesion = prepared.image[3], prepared.lesions > 0
+    pre = sitk.GetArrayFromImage(sitk.DICOMOrient(case["pre"], "RAS"))
+    post = sitk.GetArrayFromImage(sitk.DICOMOrient(case["post"], "RAS"))
+    tissue = (pre > 150) & ~lesion
+    assert enhancement[tissue] == pytest.approx(0.05, abs=1e-4)  # post = 1.05 pre outside the lesion
+    assert enhancement[lesion] == pytest.approx(np.clip((post[lesion] - pre[lesion]) / pre[lesion], -1, 4), abs=1e-4)
+    floor = ENHANCEMENT_FLOOR_FRACTION * prepared.statistics.pre_range[1]
+    air = pre < 20  # dark voxels divide by the floor, not by their own noise
+    assert np.abs(enhancement[air]).max() <= np.abs(post[air] - pre[air]).max() / floor + 1e-6
+    assert enhancement.min() >= ENHANCEMENT_RANGE[0] and enhancement.max() <= ENHANCEMENT_RANGE[1]
+
+
+def test_enhancement_channel_ignores_scanner_units_and_a_bias_field(case):
+    config = PreprocessConfig(enhancement=True)
+    plain = prepare_case(**case, config=config)
+    z, y, x = np.mgrid[: SHAPE_ZYX[0], : SHAPE_ZYX[1], : SHAPE_ZYX[2]]
+    bias = as_image((3.0 * (1.0 + 0.5 * np.sin(y / 9.0) * np.cos(x / 13.0) + 0.02 * z)).astype(np.float32))
+    biased = prepare_case(case["pre"] * bias, case["post"] * bias, case["breast"], case["lesions"], config=config)
+    lesion = plain.lesions > 0
+    assert biased.image[2][lesion] == pytest.approx(plain.image[2][lesion], abs=1e-4)
+    subtraction = lambda prepared: prepared.image[1][lesion] - prepared.image[0][lesion]
+    assert not np.allclose(subtraction(biased), subtraction(plain), atol=0.05)
+
+
 def test_select_channels_orders_inputs_and_reads_neighbouring_slices(case):
     prepared = prepare_case(**case, config=PreprocessConfig(subtraction=True))
     selected = select_channels(prepared, ["subtraction@-1", "subtraction", "subtraction@+1", "pre"])
@@ -186,7 +215,7 @@ def test_restore_probabilities_is_linear_and_float(case):
 
 
 def test_config_validation_and_round_trip():
-    config = PreprocessConfig(spacing_mm=(0.7, 0.7), clahe=True, subtraction=True)
+    config = PreprocessConfig(spacing_mm=(0.7, 0.7), clahe=True, subtraction=True, enhancement=True)
     assert PreprocessConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InputError, match="normalisation"):
         PreprocessConfig(normalisation="minmax")
@@ -194,6 +223,9 @@ def test_config_validation_and_round_trip():
         PreprocessConfig(spacing_mm=(0.0, 0.7))
     with pytest.raises(InputError, match="percentiles"):
         PreprocessConfig(clip_percentiles=(99.0, 1.0))
+    for missing in ({"clip_percentiles": None}, {"normalisation": "none"}):
+        with pytest.raises(InputError, match="enhancement channel needs"):
+            PreprocessConfig(enhancement=True, **missing)
 
 
 def test_blank_pre_contrast_image_is_refused(case):

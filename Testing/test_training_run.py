@@ -147,17 +147,19 @@ def test_unknown_optimiser_is_a_configuration_error(tmp_path, phantom_lesion_man
     assert "optimiser must be one of" in capsys.readouterr().err
 
 
-def test_lesion_inputs_in_training_equal_those_at_inference(phantom_lesion_manifest, tmp_path):
+@pytest.mark.parametrize("inputs", [["pre", "subtraction@-1", "subtraction", "subtraction@+1"],
+                                    ["pre", "enhancement@-1", "enhancement", "enhancement@+1", "subtraction"]])
+def test_lesion_inputs_in_training_equal_those_at_inference(phantom_lesion_manifest, tmp_path, inputs):
     """The 2.5-D inputs a lesion model learns from (trimmed, float16 training cases) are those the pipeline gives
     it: per slice and channel the same values over the breast, neighbouring slices included at the breast's ends."""
-    config = load_config(write_config(tmp_path, phantom_lesion_manifest,
-                                      inputs=["pre", "subtraction@-1", "subtraction", "subtraction@+1"]))
+    config = load_config(write_config(tmp_path, phantom_lesion_manifest, inputs=inputs, preprocessing={
+        "spacing_mm": [2.5, 2.5], "subtraction": True, "enhancement": True}))
     record = load_dataset(phantom_lesion_manifest)[0]
     [full] = prepare_checked([record], "lesion", config.preprocess)
     dataset = make_slice_dataset(config, [training_view(config, full)], training=False)
     _, at_inference = lesion_input(full, full.breast, config.inputs, {"safe_distance_mm": config.safe_distance_mm})
     in_training = dataset.images[0].astype(np.float32)
-    assert in_training.shape[:2] == (at_inference.shape[1], 4)
+    assert in_training.shape[:2] == (at_inference.shape[1], len(inputs))
     assert np.allclose(in_training.sum(axis=(2, 3)), np.moveaxis(at_inference, 0, 1).sum(axis=(2, 3)), rtol=2e-3,
                        atol=0.5)
     # the first slice's lower neighbour is a real slice below the breast, not the slice repeated

@@ -3,8 +3,9 @@
 A case becomes: RAS orientation (seed 000), post-contrast on the pre-contrast grid, optional in-plane resampling
 that keeps the slice spacing, intensity normalisation with the statistics of the pre-contrast body voxels applied
 to every channel (so contrast enhancement survives: the lesion stays brighter in post than in pre), optional
-histogram equalisation and an optional subtraction channel (post - pre). :func:`restore_to_original` maps a
-prediction on the prepared grid back onto the original image's grid.
+histogram equalisation, an optional subtraction channel (post - pre) and an optional relative-enhancement channel
+((post - pre) / pre, free of scanner units and receive-coil bias). :func:`restore_to_original` maps a prediction on
+the prepared grid back onto the original image's grid.
 """
 
 from __future__ import annotations
@@ -39,8 +40,14 @@ NORMALISATIONS = ("zscore_body", "percentile", "none")
 #: Channels the preprocessing can make. A model input names one, optionally read from a neighbouring slice:
 #: "subtraction@-1" is the subtraction of the slice below (2.5-D context, which tells a vessel crossing the slice
 #: from a lesion inside it).
-CHANNELS = ("pre", "post", "subtraction")
-_INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction)(@(?P<offset>[+-][1-9]))?")
+CHANNELS = ("pre", "post", "subtraction", "enhancement")
+_INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction|enhancement)(@(?P<offset>[+-][1-9]))?")
+#: The enhancement channel divides by max(pre, floor), floor = this fraction of the pre-contrast body's upper clip
+#: percentile: about half the signal of glandular tissue, so that air and suppressed fat do not divide noise by
+#: almost nothing, while lesions and gland keep their true ratio.
+ENHANCEMENT_FLOOR_FRACTION = 0.2
+#: The enhancement channel is clipped to this range (a fraction: 1 = 100 % enhancement).
+ENHANCEMENT_RANGE = (-1.0, 4.0)
 #: Number of histogram bins of the equalisation option.
 EQUALISATION_BINS = 256
 #: Intensity statistics are taken on every STATISTICS_STRIDE-th row and column (see :func:`intensity_statistics`).
@@ -59,6 +66,8 @@ class PreprocessConfig:
       like true CLAHE; one mapping from the pooled body voxels of all channels is applied to every channel, so it
       is monotone across channels and keeps enhancement ordering.
     - ``subtraction``: add a post - pre channel.
+    - ``enhancement``: add a relative-enhancement channel, (post - pre) / max(pre, floor) (see
+      :func:`enhancement_channel`); needs ``clip_percentiles`` and a normalisation other than "none".
     - ``body_threshold``: intensity above which a pre-contrast voxel is body, or None for Otsu's threshold.
     """
 
@@ -68,6 +77,7 @@ class PreprocessConfig:
     clahe: bool = False
     subtraction: bool = False
     body_threshold: float | None = None
+    enhancement: bool = False
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
@@ -78,10 +88,13 @@ class PreprocessConfig:
             low, high = self.clip_percentiles
             if not 0.0 <= low < high <= 100.0:
                 raise InputError(f"clip percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+        if self.enhancement and (self.clip_percentiles is None or self.normalisation == "none"):
+            raise InputError("the enhancement channel needs clip_percentiles and a normalisation other than 'none' "
+                             "(its floor is a share of the pre-contrast body's upper percentile)")
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return ("pre", "post", "subtraction") if self.subtraction else ("pre", "post")
+        return ("pre", "post") + ("subtraction",) * self.subtraction + ("enhancement",) * self.enhancement
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -272,6 +285,20 @@ def normalise(phases: np.ndarray, statistics: IntensityStatistics) -> None:
     phases /= statistics.scale
 
 
+def enhancement_channel(phases: np.ndarray, statistics: IntensityStatistics, out: np.ndarray) -> None:
+    """Into ``out``: (post - pre) / max(pre, floor) of raw (pre, post) stacked, clipped to :data:`ENHANCEMENT_RANGE`.
+
+    The clinical relative enhancement as a fraction. Scanner units and the receive coil's multiplicative bias field
+    cancel in it, whereas the subtraction keeps both, so a weakly enhancing lesion on a scanner with low signal
+    looks the same as on any other. (The lesion table's enhancement, in evaluation.lesions, uses a tiny floor
+    instead: it reports values, this one feeds a network and must not amplify noise.)
+    """
+    floor = ENHANCEMENT_FLOOR_FRACTION * statistics.pre_range[1]
+    np.maximum(phases[0], floor, out=out)
+    np.divide(phases[1] - phases[0], out, out=out)
+    np.clip(out, *ENHANCEMENT_RANGE, out=out)
+
+
 def equalise_jointly(channels: np.ndarray, body: np.ndarray) -> np.ndarray:
     """Global histogram equalisation (MONAI) with one mapping, learnt on the body voxels of all channels."""
     equalise = HistogramNormalize(num_bins=EQUALISATION_BINS, min=0, max=1)
@@ -300,6 +327,8 @@ def prepare_case(pre: sitk.Image, post: sitk.Image, breast: sitk.Image | None = 
     for index, image in enumerate((pre_ras, post_ras)):
         on_grid = _on_grid(image, grid, is_mask=False)
         channels[index] = sitk.GetArrayViewFromImage(on_grid)
+    if config.enhancement:
+        enhancement_channel(channels[:2], statistics, out=channels[config.channels.index("enhancement")])
     body = body_mask(channels[0], statistics.body_threshold) if config.clahe else None
     normalise(channels[:2], statistics)
     if config.clahe:
@@ -336,7 +365,7 @@ def select_channels(case: PreparedCase, inputs: Sequence[str]) -> PreparedCase:
     missing = sorted({channel for channel, _ in parsed if channel not in case.channels})
     if missing:
         raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
-                         "set preprocessing.subtraction to true for a subtraction channel")
+                         "set preprocessing.subtraction (or .enhancement) to true for that channel")
     if tuple(inputs) == case.channels:
         return case
     image = np.empty((len(parsed), *case.shape), dtype=case.image.dtype)

@@ -139,14 +139,24 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
 
 
 def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarray, options: SegmentationOptions,
-                     progress: Progress) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Lesion probability on the lesion model's grid, computed only inside the crop around the breast, and the
-    (C, z, y, x) shape the network ran on."""
+                     progress: Progress) -> tuple[CropBox, np.ndarray, tuple[int, ...]]:
+    """The crop around the breast, the lesion probability inside it (the model's grid) and the (C, z, y, x) shape
+    the network ran on."""
     model = models.lesion
     box, cropped = lesion_input(prepared, breast, model.card.inputs, model.crop)
     probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions")
-    return box.paste(probability, breast.shape), cropped.shape
+    return box, probability, cropped.shape
+
+
+def _lesion_labels(prepared: PreparedCase, box: CropBox, probability: np.ndarray, breast: np.ndarray,
+                   threshold: float, cleaning: LesionCleaning) -> sitk.Image:
+    """Lesions labelled 1..N on the lesion model's whole grid: thresholded and cleaned inside ``box`` only (no
+    lesion lies outside it, and the box is a fraction of the grid), then put in place."""
+    in_box = prepared.grid.sub_grid(box)
+    candidates = in_box.image((probability > threshold).astype(np.uint8))
+    labels = clean_lesion_mask(candidates, in_box.image(np.ascontiguousarray(box.apply(breast))), cleaning)
+    return prepared.grid.image(box.paste(sitk.GetArrayViewFromImage(labels), breast.shape))
 
 
 def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options: SegmentationOptions | None = None,
@@ -180,18 +190,18 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     if not breast_array.any():
         raise InputError("no breast tissue found: the breast model found no breast in this study "
                          "(is it a breast DCE-MRI, and are pre and post the right series?)")
-    lesion_probability, lesion_input = _predict_lesions(models, prepared, breast_array, options, progress)
+    box, lesion_probability, lesion_input = _predict_lesions(models, prepared, breast_array, options, progress)
     seconds["lesions"] = time.perf_counter() - started
 
     started = time.perf_counter()
     threshold = models.lesion.card.threshold if options.threshold is None else options.threshold
-    candidates = prepared.grid.image((lesion_probability > threshold).astype(np.uint8))
     min_volume = models.lesion.card.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
-    lesions = clean_lesion_mask(candidates, breast, LesionCleaning(min_volume))
+    lesions = _lesion_labels(prepared, box, lesion_probability, breast_array, threshold, LesionCleaning(min_volume))
+    probability = prepared.grid.image(box.paste(lesion_probability, breast_array.shape))
     result = Segmentation(
         breast=resample_like(breast, pre, is_mask=True),
         lesions=resample_like(lesions, pre, is_mask=True),
-        probability=rounded_probability(resample_like(prepared.grid.image(lesion_probability), pre)),
+        probability=rounded_probability(resample_like(probability, pre)),
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),
