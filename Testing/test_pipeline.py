@@ -40,7 +40,7 @@ def write_models(folder: Path, breast_logit: float, lesion_logit: float,
                             preprocessing={"spacing_mm": [2.0, 2.0]})
     lesion_card = ModelCard(name="bls", task="lesion", architecture="unetpp_small", inputs=list(lesion_inputs),
                             min_lesion_mm3=min_lesion_mm3,
-                            preprocessing={"spacing_mm": [1.0, 1.0], "subtraction": True,
+                            preprocessing={"spacing_mm": [1.0, 1.0], "subtraction": True, "enhancement": True,
                                            "crop": {"kind": "ov", "safe_distance_mm": 16.0, "multiple": 32}})
     save_model(constant_model("unet_small", 2, breast_logit), breast_card, folder)
     save_model(constant_model("unetpp_small", len(lesion_inputs), lesion_logit), lesion_card, folder)
@@ -87,11 +87,12 @@ def test_segmentation_lies_on_the_pre_grid_and_lesions_stay_in_the_breast(tmp_pa
     assert set(result.seconds) >= {"breast", "lesions"}
 
 
-def test_lesion_model_with_neighbouring_slice_inputs_runs_on_every_breast_slice(tmp_path, rng):
-    inputs = ("pre", "post", "subtraction@-1", "subtraction", "subtraction@+1")
+@pytest.mark.parametrize("inputs", [("pre", "post", "subtraction@-1", "subtraction", "subtraction@+1"),
+                                    ("pre", "subtraction", "enhancement", "excess@-1", "excess", "excess@+1")])
+def test_lesion_model_with_neighbouring_slice_inputs_runs_on_every_breast_slice(tmp_path, rng, inputs):
     models = load_models(write_models(tmp_path / "models", 5.0, 5.0, lesion_inputs=inputs), "cpu")
     result = segment_images(*study_images(rng), models)
-    assert result.network_inputs["lesion"][:2] == (5, 10)  # five channels, all ten slices hold breast
+    assert result.network_inputs["lesion"][:2] == (len(inputs), 10)  # all ten slices hold breast
     assert sitk.GetArrayFromImage(result.lesions).all()
 
 

@@ -14,6 +14,7 @@ from BreastSegmentationLib.data.preprocessing import (
     ENHANCEMENT_FLOOR_FRACTION,
     ENHANCEMENT_RANGE,
     PreprocessConfig,
+    background_enhancement,
     body_mask,
     fill_holes_per_slice,
     prepare_case,
@@ -151,6 +152,44 @@ def test_select_channels_orders_inputs_and_reads_neighbouring_slices(case):
     assert np.array_equal(selected.image[0][1:], subtraction[:-1]) and np.array_equal(selected.image[0][0], subtraction[0])
     assert np.array_equal(selected.image[2][:-1], subtraction[1:]) and np.array_equal(selected.image[2][-1], subtraction[-1])
     assert np.array_equal(selected.image[3], prepared.image[0])
+
+
+@pytest.mark.parametrize("fat_saturated", [False, True])
+def test_background_enhancement_is_the_median_enhancement_of_the_gland(rng, fat_saturated):
+    """Fat is bright without fat saturation and dark with it; either way the gland's enhancement is the BPE, and a
+    strongly enhancing lesion inside the gland hardly moves it."""
+    shape = (6, 40, 40)
+    gland = np.zeros(shape, dtype=bool)
+    gland[:, 10:30, 5:25] = True
+    lesion = np.zeros(shape, dtype=bool)
+    lesion[2:4, 14:20, 8:14] = True
+    fat_signal, gland_signal = (40.0, 120.0) if fat_saturated else (300.0, 120.0)
+    pre = np.where(gland, gland_signal, fat_signal) + rng.normal(0.0, 8.0, shape)
+    enhancement = np.where(gland, 0.3, 0.02) + rng.normal(0.0, 0.03, shape)
+    enhancement[lesion] = 1.5
+    breast = np.ones(shape, dtype=np.uint8)
+    assert background_enhancement(pre, enhancement, breast) == pytest.approx(0.3, abs=0.02)
+    with pytest.raises(InputError, match="no breast voxels"):
+        background_enhancement(pre, enhancement, np.zeros(shape, dtype=np.uint8))
+
+
+def test_excess_input_is_the_enhancement_above_the_studys_background(case):
+    prepared = prepare_case(**case, config=PreprocessConfig(enhancement=True))
+    selected = select_channels(prepared, ["excess", "enhancement", "excess@+1"])
+    enhancement = prepared.image[2]
+    bpe = background_enhancement(prepared.image[0], enhancement, prepared.breast)
+    assert bpe == pytest.approx(0.05, abs=1e-3)  # post = 1.05 pre in the breast's tissue
+    assert np.allclose(selected.image[0], enhancement - bpe)
+    assert np.allclose(selected.image[2][:-1], enhancement[1:] - bpe)
+    given = np.zeros_like(prepared.breast)
+    given[:, :4] = 1  # a mask on air only: another background level, so the given mask is the one used
+    with_given = select_channels(prepared, ["excess"], breast=given)
+    assert not np.allclose(with_given.image[0], selected.image[0])
+    unmasked = prepare_case(case["pre"], case["post"], config=PreprocessConfig(enhancement=True))
+    with pytest.raises(InputError, match="needs a breast mask"):
+        select_channels(unmasked, ["excess"])
+    with pytest.raises(InputError, match="not made by the preprocessing"):
+        select_channels(prepare_case(**case), ["excess"])
 
 
 @pytest.mark.parametrize(("inputs", "message"), [(["subtraction"], "not made by the preprocessing"),

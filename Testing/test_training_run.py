@@ -148,7 +148,8 @@ def test_unknown_optimiser_is_a_configuration_error(tmp_path, phantom_lesion_man
 
 
 @pytest.mark.parametrize("inputs", [["pre", "subtraction@-1", "subtraction", "subtraction@+1"],
-                                    ["pre", "enhancement@-1", "enhancement", "enhancement@+1", "subtraction"]])
+                                    ["pre", "enhancement@-1", "enhancement", "enhancement@+1", "subtraction"],
+                                    ["pre", "subtraction", "enhancement", "excess@-1", "excess", "excess@+1"]])
 def test_lesion_inputs_in_training_equal_those_at_inference(phantom_lesion_manifest, tmp_path, inputs):
     """The 2.5-D inputs a lesion model learns from (trimmed, float16 training cases) are those the pipeline gives
     it: per slice and channel the same values over the breast, neighbouring slices included at the breast's ends."""

@@ -4,8 +4,9 @@ A case becomes: RAS orientation (seed 000), post-contrast on the pre-contrast gr
 that keeps the slice spacing, intensity normalisation with the statistics of the pre-contrast body voxels applied
 to every channel (so contrast enhancement survives: the lesion stays brighter in post than in pre), optional
 histogram equalisation, an optional subtraction channel (post - pre) and an optional relative-enhancement channel
-((post - pre) / pre, free of scanner units and receive-coil bias). :func:`restore_to_original` maps a prediction on
-the prepared grid back onto the original image's grid.
+((post - pre) / pre, free of scanner units and receive-coil bias). Once a breast mask is known, the enhancement in
+excess of the study's own background parenchymal enhancement can be derived from it (:func:`select_channels`).
+:func:`restore_to_original` maps a prediction on the prepared grid back onto the original image's grid.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ NORMALISATIONS = ("zscore_body", "percentile", "none")
 #: Channels the preprocessing can make. A model input names one, optionally read from a neighbouring slice:
 #: "subtraction@-1" is the subtraction of the slice below (2.5-D context, which tells a vessel crossing the slice
 #: from a lesion inside it).
-CHANNELS = ("pre", "post", "subtraction", "enhancement")
-_INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction|enhancement)(@(?P<offset>[+-][1-9]))?")
+#: "excess" is not stored: :func:`select_channels` derives it from "enhancement" and a breast mask.
+CHANNELS = ("pre", "post", "subtraction", "enhancement", "excess")
+_INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction|enhancement|excess)(@(?P<offset>[+-][1-9]))?")
 #: The enhancement channel divides by max(pre, floor), floor = this fraction of the pre-contrast body's upper clip
 #: percentile: about half the signal of glandular tissue, so that air and suppressed fat do not divide noise by
 #: almost nothing, while lesions and gland keep their true ratio.
@@ -359,18 +361,57 @@ def shift_slices(volume: np.ndarray, offset: int) -> np.ndarray:
     return volume[indices]
 
 
-def select_channels(case: PreparedCase, inputs: Sequence[str]) -> PreparedCase:
-    """The case with only the channels a model takes, in the model's order (training and inference alike)."""
+def background_enhancement(pre: np.ndarray, enhancement: np.ndarray, breast: np.ndarray) -> float:
+    """The study's background parenchymal enhancement (BPE): the median enhancement of its fibroglandular tissue.
+
+    Breast voxels are split into two classes by Otsu's threshold on the pre-contrast intensity: fat and
+    fibroglandular tissue, in either order (fat is bright without fat saturation and dark with it). Fat barely
+    enhances, so the class that enhances more is the gland, and its median is hardly moved by lesions and vessels,
+    which are a small share of it. Every breast voxel counts, so that a crop around the breast (inference) gives
+    the same value as the whole grid (training). Hand-written: neither MONAI nor SimpleITK estimates BPE.
+    """
+    inside = np.asarray(breast) > 0
+    if not inside.any():
+        raise InputError("no breast voxels: the background parenchymal enhancement cannot be measured")
+    pre_values = np.asarray(pre[inside], dtype=np.float32)
+    enhancement_values = enhancement[inside]
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(sitk.GetImageFromArray(pre_values[None]))
+    brighter = pre_values > otsu.GetThreshold()
+    return float(max(np.median(enhancement_values[part]) for part in (brighter, ~brighter) if part.any()))
+
+
+def _channel(case: PreparedCase, channel: str, breast: np.ndarray | None) -> np.ndarray:
+    """One stored channel of ``case``, or the derived "excess": the enhancement minus the study's BPE, so that a
+    lesion stands out by how much more it enhances than this woman's gland, whatever her BPE level."""
+    if channel != "excess":
+        return case.image[case.channels.index(channel)]
+    breast = case.breast if breast is None else breast
+    if breast is None:
+        raise InputError(f"case {case.case_id}: the 'excess' input needs a breast mask to measure the background "
+                         "parenchymal enhancement on")
+    enhancement = case.image[case.channels.index("enhancement")]
+    bpe = background_enhancement(case.image[case.channels.index("pre")], enhancement, breast)
+    return enhancement - np.float32(bpe)
+
+
+def select_channels(case: PreparedCase, inputs: Sequence[str], breast: np.ndarray | None = None) -> PreparedCase:
+    """The case with only the channels a model takes, in the model's order (training and inference alike).
+
+    ``breast`` (on the case's grid; by default the case's own mask) is needed by the derived "excess" input only.
+    """
     parsed = [parse_input(name) for name in inputs]
-    missing = sorted({channel for channel, _ in parsed if channel not in case.channels})
+    stored = {"enhancement" if channel == "excess" else channel for channel, _ in parsed}
+    missing = sorted(stored - set(case.channels))
     if missing:
         raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
-                         "set preprocessing.subtraction (or .enhancement) to true for that channel")
+                         "set preprocessing.subtraction (or .enhancement, also for 'excess') to true for that channel")
     if tuple(inputs) == case.channels:
         return case
+    channels = {channel: _channel(case, channel, breast) for channel, _ in parsed}
     image = np.empty((len(parsed), *case.shape), dtype=case.image.dtype)
     for index, (channel, offset) in enumerate(parsed):
-        image[index] = shift_slices(case.image[case.channels.index(channel)], offset)
+        image[index] = shift_slices(channels[channel], offset)
     return replace(case, image=image, channels=tuple(inputs))
 
 

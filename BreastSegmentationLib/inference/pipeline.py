@@ -134,7 +134,7 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
     in_plane = CropBox(slices=(0, breast.shape[0]), rows=box.rows, cols=box.cols)
-    channels = select_channels(prepared.cropped(in_plane), inputs).image
+    channels = select_channels(prepared.cropped(in_plane), inputs, in_plane.apply(breast)).image
     return box, channels[:, slice(*box.slices)] * box.apply(breast)[None]
 
 
