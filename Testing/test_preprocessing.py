@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from BreastSegmentationLib.data.crops import CropBox
 from BreastSegmentationLib.data.datasets import CaseRecord
 from BreastSegmentationLib.data.preprocessing import (
     ENHANCEMENT_FLOOR_FRACTION,
@@ -21,6 +22,8 @@ from BreastSegmentationLib.data.preprocessing import (
     prepare_checked,
     restore_to_original,
     select_channels,
+    study_background,
+    uses_excess,
 )
 from BreastSegmentationLib.errors import InputError
 
@@ -181,13 +184,17 @@ def test_excess_input_is_the_enhancement_above_the_studys_background(case):
     assert bpe == pytest.approx(0.05, abs=1e-3)  # post = 1.05 pre in the breast's tissue
     assert np.allclose(selected.image[0], enhancement - bpe)
     assert np.allclose(selected.image[2][:-1], enhancement[1:] - bpe)
+    assert study_background(prepared) == bpe
     given = np.zeros_like(prepared.breast)
-    given[:, :4] = 1  # a mask on air only: another background level, so the given mask is the one used
-    with_given = select_channels(prepared, ["excess"], breast=given)
-    assert not np.allclose(with_given.image[0], selected.image[0])
+    given[:, :4] = 1  # a mask on air only: another background level
+    assert study_background(prepared, given) != pytest.approx(bpe, abs=1e-3)
+    cropped = prepared.cropped(CropBox(slices=(0, 12), rows=(10, 30), cols=(0, 48)))
+    with_background = select_channels(cropped, ["excess"], background=bpe)
+    assert np.allclose(with_background.image[0], enhancement[:, 10:30] - bpe)
     unmasked = prepare_case(case["pre"], case["post"], config=PreprocessConfig(enhancement=True))
     with pytest.raises(InputError, match="needs a breast mask"):
         select_channels(unmasked, ["excess"])
+    assert uses_excess(["pre", "excess@+1"]) and not uses_excess(["pre", "enhancement"])
     with pytest.raises(InputError, match="not made by the preprocessing"):
         select_channels(prepare_case(**case), ["excess"])
 

@@ -381,24 +381,36 @@ def background_enhancement(pre: np.ndarray, enhancement: np.ndarray, breast: np.
     return float(max(np.median(enhancement_values[part]) for part in (brighter, ~brighter) if part.any()))
 
 
-def _channel(case: PreparedCase, channel: str, breast: np.ndarray | None) -> np.ndarray:
-    """One stored channel of ``case``, or the derived "excess": the enhancement minus the study's BPE, so that a
-    lesion stands out by how much more it enhances than this woman's gland, whatever her BPE level."""
-    if channel != "excess":
-        return case.image[case.channels.index(channel)]
+def study_background(case: PreparedCase, breast: np.ndarray | None = None) -> float:
+    """The background parenchymal enhancement of a prepared study with an enhancement channel, measured on the
+    whole of ``breast`` (on the case's grid; by default the case's own mask)."""
     breast = case.breast if breast is None else breast
     if breast is None:
         raise InputError(f"case {case.case_id}: the 'excess' input needs a breast mask to measure the background "
                          "parenchymal enhancement on")
-    enhancement = case.image[case.channels.index("enhancement")]
-    bpe = background_enhancement(case.image[case.channels.index("pre")], enhancement, breast)
-    return enhancement - np.float32(bpe)
+    channel = case.channels.index
+    return background_enhancement(case.image[channel("pre")], case.image[channel("enhancement")], breast)
 
 
-def select_channels(case: PreparedCase, inputs: Sequence[str], breast: np.ndarray | None = None) -> PreparedCase:
+def uses_excess(inputs: Sequence[str]) -> bool:
+    """Whether a model's inputs include the derived "excess" channel (which needs the study's BPE)."""
+    return any(parse_input(name)[0] == "excess" for name in inputs)
+
+
+def _channel(case: PreparedCase, channel: str, background: float | None) -> np.ndarray:
+    """One stored channel of ``case``, or the derived "excess": the enhancement minus the study's BPE, so that a
+    lesion stands out by how much more it enhances than this woman's gland, whatever her BPE level."""
+    if channel != "excess":
+        return case.image[case.channels.index(channel)]
+    background = study_background(case) if background is None else background
+    return case.image[case.channels.index("enhancement")] - np.float32(background)
+
+
+def select_channels(case: PreparedCase, inputs: Sequence[str], background: float | None = None) -> PreparedCase:
     """The case with only the channels a model takes, in the model's order (training and inference alike).
 
-    ``breast`` (on the case's grid; by default the case's own mask) is needed by the derived "excess" input only.
+    ``background`` is the study's BPE for the derived "excess" input (:func:`study_background`); by default it is
+    measured on the case's own breast mask, which a crop of the case may cut.
     """
     parsed = [parse_input(name) for name in inputs]
     stored = {"enhancement" if channel == "excess" else channel for channel, _ in parsed}
@@ -408,7 +420,7 @@ def select_channels(case: PreparedCase, inputs: Sequence[str], breast: np.ndarra
                          "set preprocessing.subtraction (or .enhancement, also for 'excess') to true for that channel")
     if tuple(inputs) == case.channels:
         return case
-    channels = {channel: _channel(case, channel, breast) for channel, _ in parsed}
+    channels = {channel: _channel(case, channel, background) for channel, _ in parsed}
     image = np.empty((len(parsed), *case.shape), dtype=case.image.dtype)
     for index, (channel, offset) in enumerate(parsed):
         image[index] = shift_slices(channels[channel], offset)

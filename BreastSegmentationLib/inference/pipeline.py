@@ -19,7 +19,14 @@ import SimpleITK as sitk
 import torch
 
 from ..data.crops import CropBox, ov_crop_box
-from ..data.preprocessing import PreparedCase, PreprocessConfig, prepare_case, select_channels
+from ..data.preprocessing import (
+    PreparedCase,
+    PreprocessConfig,
+    prepare_case,
+    select_channels,
+    study_background,
+    uses_excess,
+)
 from ..errors import InputError
 from ..io.images import align_post_to_pre, as_float32, reorient_to_ras, resample_like
 from ..models.cards import ModelCard, find_cards, load_model
@@ -129,12 +136,14 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
     """The OV box around ``breast`` and the lesion network's input in it: (C, z, y, x), masked by the breast.
 
     Cropped in-plane first (less to copy), then the channels are chosen (neighbouring-slice inputs read the slices
-    beyond the box, as in training), then the box's slices are kept and masked.
+    beyond the box, as in training; the study's BPE, for the "excess" input, is measured on the whole breast, as in
+    training), then the box's slices are kept and masked.
     """
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
     in_plane = CropBox(slices=(0, breast.shape[0]), rows=box.rows, cols=box.cols)
-    channels = select_channels(prepared.cropped(in_plane), inputs, in_plane.apply(breast)).image
+    background = study_background(prepared, breast) if uses_excess(inputs) else None
+    channels = select_channels(prepared.cropped(in_plane), inputs, background).image
     return box, channels[:, slice(*box.slices)] * box.apply(breast)[None]
 
 
