@@ -367,8 +367,8 @@ def background_enhancement(pre: np.ndarray, enhancement: np.ndarray, breast: np.
     Breast voxels are split into two classes by Otsu's threshold on the pre-contrast intensity: fat and
     fibroglandular tissue, in either order (fat is bright without fat saturation and dark with it). Fat barely
     enhances, so the class that enhances more is the gland, and its median is hardly moved by lesions and vessels,
-    which are a small share of it. Every breast voxel counts, so that a crop around the breast (inference) gives
-    the same value as the whole grid (training). Hand-written: neither MONAI nor SimpleITK estimates BPE.
+    which are a small share of it. Every breast voxel counts (a median of millions of values takes milliseconds).
+    Hand-written: neither MONAI nor SimpleITK estimates BPE.
     """
     inside = np.asarray(breast) > 0
     if not inside.any():
