@@ -19,6 +19,7 @@ from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_c
 from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
 from BreastSegmentationLib.models.cards import load_model
+from BreastSegmentationLib.resources import bundled_models_dir
 from BreastSegmentationLib.training.config import config_from_dict, load_config
 from BreastSegmentationLib.training.run import make_slice_dataset, slice_training_transform, training_view
 
@@ -97,6 +98,29 @@ def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_l
     assert main(["--progress", "none", "train", str(config)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs" / "tiny" / "fold_0").exists()
+
+
+BUNDLED_LESION_CARD = bundled_models_dir() / "lesion_unet_small.json"
+
+
+def test_initial_model_starts_training_from_its_weights(tmp_path, phantom_lesion_manifest):
+    """Fine-tuning the bundled lesion model: with a learning rate of 0 its weights come out unchanged."""
+    bundled, card = load_model(BUNDLED_LESION_CARD)
+    config = write_config(tmp_path, phantom_lesion_manifest, inputs=card.inputs, initial_model=str(BUNDLED_LESION_CARD),
+                          preprocessing={"spacing_mm": [2.5, 2.5], "subtraction": True, "enhancement": True},
+                          optimisation={"epochs": 1, "batch_size": 8, "learning_rate": 0.0})
+    assert main(["--progress", "none", "train", str(config)]) == 0
+    tuned, _ = load_model(tmp_path / "runs" / "tiny" / "model" / "tiny.json")
+    for (name, before), (_, after) in zip(bundled.named_parameters(), tuned.named_parameters()):
+        assert torch.equal(before, after), name
+    assert load_config(config).initial_model == str(BUNDLED_LESION_CARD.resolve())
+
+
+def test_initial_model_of_another_network_fails_before_training(tmp_path, phantom_lesion_manifest, capsys):
+    config = write_config(tmp_path, phantom_lesion_manifest, initial_model=str(BUNDLED_LESION_CARD))
+    assert main(["--progress", "none", "train", str(config)]) == 2
+    assert "initial_model differs from the configuration in inputs" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny").exists()
 
 
 def test_trained_models_run_through_the_pipeline(tmp_path, phantom_lesion_manifest):

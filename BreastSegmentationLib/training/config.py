@@ -12,7 +12,8 @@ Example (every key but ``name``, ``task`` and ``dataset`` has a default)::
       "optimisation": {"epochs": 100, "batch_size": 8}
     }
 
-Relative paths are read from the configuration file's folder.
+``initial_model`` (a model card) starts the network from that model's weights instead of random ones: fine-tuning a
+bundled model on new data. Relative paths are read from the configuration file's folder.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class TrainConfig:
     threshold: float = 0.5
     device: str = "auto"
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
+    initial_model: str | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -137,6 +139,8 @@ def config_from_dict(values: dict, base_dir: str | os.PathLike = ".") -> TrainCo
     base_dir = Path(base_dir)
     config.dataset = str((base_dir / config.dataset).resolve())
     config.output_dir = str((base_dir / config.output_dir).resolve())
+    if config.initial_model is not None:
+        config.initial_model = str((base_dir / config.initial_model).resolve())
     config.preprocess  # noqa: B018  (validates the preprocessing section now, not after hours of training)
     return config
 

@@ -43,7 +43,7 @@ from ..reports.maps import OverlayPanel, midline_profile, plot_midline_profiles,
 from ..reports.tables import markdown_table, write_csv, write_json
 from .config import TrainConfig, config_from_dict, read_json_object
 from .distributed import DistributedContext
-from .run import FoldOutcome, make_slice_dataset, train_fold
+from .run import FoldOutcome, initial_weights, make_slice_dataset, train_fold
 from .splits import Split, split_patients
 
 APPROACHES: tuple[str, ...] = tuple(approach.value for approach in Approach)
@@ -115,9 +115,9 @@ def train_folds(config: TrainConfig, split: Split, cases: Sequence[PreparedCase]
     output.mkdir(parents=True, exist_ok=True)
     write_json(config.to_dict(), output / "config.json")
     write_json(split.to_dict(), output / "split.json")
-    device = resolve_device(config.device)
+    device, start = resolve_device(config.device), initial_weights(config)
     return [train_fold(config, split.folds[k], list(cases), list(test_cases), output, device, DistributedContext(),
-                        progress) for k in config.fold_numbers]
+                       progress, start) for k in config.fold_numbers]
 
 
 def mean_and_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:

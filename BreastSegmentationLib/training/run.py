@@ -213,9 +213,29 @@ def _card(config: TrainConfig, name: str, fold: Fold, outcome: FitResult, energy
     )
 
 
+def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The weights of ``config.initial_model`` (checked against its card's SHA-256), None without one.
+
+    Read before the hours of data preparation, so that a wrong card fails at once; the card must describe the same
+    task, network and inputs as the configuration, or its weights would not mean what the new training assumes.
+    """
+    if config.initial_model is None:
+        return None
+    network, card = load_model(config.initial_model)
+    mismatched = [key for key, ours, theirs in (
+        ("task", config.task, card.task), ("architecture", config.architecture, card.architecture),
+        ("architecture_options", dict(config.architecture_options), dict(card.architecture_kwargs)),
+        ("inputs", list(config.inputs), list(card.inputs))) if ours != theirs]
+    if mismatched:
+        raise InputError(f"initial_model differs from the configuration in {', '.join(mismatched)}: its weights "
+                         "cannot start this network", config.initial_model)
+    return network.state_dict()
+
+
 def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
     """Train and test every configured fold; write models, logs and the results tables. Returns the results."""
     progress = progress or silent()
+    start = initial_weights(config)
     device = resolve_device(config.device)
     context = init_distributed(device)
     device = context.device(device)
@@ -233,7 +253,7 @@ def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
             write_json(config.to_dict(), output / "config.json")
             write_json(split.to_dict(), output / "split.json")
         test_cases = [c for c in cases if c.patient_id in split.test_patients]
-        outcomes = [train_fold(config, split.folds[k], cases, test_cases, output, device, context, progress)
+        outcomes = [train_fold(config, split.folds[k], cases, test_cases, output, device, context, progress, start)
                     for k in config.fold_numbers]
         return _summarise(config, outcomes, output) if context.is_main else {}
     finally:
@@ -241,7 +261,9 @@ def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
 
 
 def train_fold(config: TrainConfig, fold: Fold, cases: list[PreparedCase], test_cases: list[PreparedCase],
-                output: Path, device: torch.device, context, progress: Progress) -> FoldOutcome:
+               output: Path, device: torch.device, context, progress: Progress,
+               start: dict[str, torch.Tensor] | None = None) -> FoldOutcome:
+    """Train one fold from ``start`` (weights) or a random initialisation; test it and save its model card."""
     fold_dir = output / f"fold_{fold.index}"
     train = make_slice_dataset(config, [c for c in cases if c.patient_id in fold.train_patients], training=True)
     val = make_slice_dataset(config, [c for c in cases if c.patient_id in fold.val_patients], training=False,
@@ -250,6 +272,8 @@ def train_fold(config: TrainConfig, fold: Fold, cases: list[PreparedCase], test_
         raise InputError(f"fold {fold.index} has no training or validation slices for approach {config.approach}")
     torch.manual_seed(config.optimisation.seed)
     model = build_model(config.architecture, in_channels=len(config.inputs), **config.architecture_options)
+    if start is not None:
+        model.load_state_dict(start)
     loss = build_loss(config.loss, **config.loss_weights)
     with EnergyMeter(config.carbon) as meter:
         result = fit(model, loss, train, val, config.optimisation, fold_dir, device, context, progress)
