@@ -19,6 +19,7 @@ from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_c
 from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
 from BreastSegmentationLib.models.cards import load_model
+from BreastSegmentationLib.models.registry import ARCHITECTURES
 from BreastSegmentationLib.resources import bundled_models_dir
 from BreastSegmentationLib.training.config import config_from_dict, load_config
 from BreastSegmentationLib.training.run import make_slice_dataset, slice_training_transform, training_view
@@ -215,3 +216,12 @@ def test_hard_negative_patches_centre_on_strong_enhancement_that_is_no_lesion():
 
     assert share_with_spot({"foreground_ratio": 0.0, "enhancing_ratio": 1.0}) == 1.0
     assert share_with_spot({"foreground_ratio": 0.0}) < 0.3
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid_configurations(path):
+    """Every recipe in configs/ loads, names a known architecture, and reads its data from data/."""
+    config = load_config(path)
+    assert config.name == path.stem or path.stem.startswith("bundled_")
+    assert Path(config.dataset).is_relative_to(path.parents[1] / "data")
+    assert config.architecture in ARCHITECTURES
