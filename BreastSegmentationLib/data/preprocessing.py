@@ -172,11 +172,16 @@ class PreparedCase:
         """Row and column spacing in mm (the in-plane spacing in array order)."""
         return self.grid.spacing[1], self.grid.spacing[0]
 
-    def cropped(self, box: CropBox) -> PreparedCase:
-        """The part of the case inside ``box``, on its own grid (so predictions on it still map to physical space)."""
-        masks = {name: None if mask is None else np.ascontiguousarray(box.apply(mask))
+    def cropped(self, box: CropBox, copy: bool = True) -> PreparedCase:
+        """The part of the case inside ``box``, on its own grid (so predictions on it still map to physical space).
+
+        A copy lets the whole case's arrays be freed (training keeps only crops); views (``copy=False``) spare the
+        copying when the caller builds new arrays from the crop anyway.
+        """
+        take = np.ascontiguousarray if copy else np.asarray
+        masks = {name: None if mask is None else take(box.apply(mask))
                  for name, mask in (("breast", self.breast), ("lesions", self.lesions))}
-        return replace(self, image=np.ascontiguousarray(box.apply(self.image)), grid=self.grid.sub_grid(box), **masks)
+        return replace(self, image=take(box.apply(self.image)), grid=self.grid.sub_grid(box), **masks)
 
 
 def inplane_grid(image: sitk.Image, spacing_xy: Sequence[float]) -> Grid:

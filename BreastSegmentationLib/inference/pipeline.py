@@ -136,9 +136,9 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
                  crop: dict) -> tuple[CropBox, np.ndarray]:
     """The OV box around ``breast`` and the lesion network's input in it: (C, z, y, x), masked by the breast.
 
-    Cropped first (less to copy) to the box and the slices next to it that neighbouring-slice inputs read (as in
-    training, they see the real slices beyond the breast), then the channels are chosen, then the box's slices are
-    kept and masked. The study's BPE, for the "excess" input, is measured on the whole breast, as in training.
+    Cropped first (views: less to copy) to the box and the slices next to it that neighbouring-slice inputs read (as
+    in training, they see the real slices beyond the breast), then the channels are chosen, then the box's slices
+    are kept and masked (new arrays: the prepared case is never changed). The study's BPE, for the "excess" input, is measured on the whole breast, as in training.
     """
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
@@ -146,7 +146,7 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
     around = CropBox(slices=(max(box.slices[0] - margin, 0), min(box.slices[1] + margin, breast.shape[0])),
                      rows=box.rows, cols=box.cols)
     background = study_background(prepared, breast) if uses_excess(inputs) else None
-    channels = select_channels(prepared.cropped(around), inputs, background).image
+    channels = select_channels(prepared.cropped(around, copy=False), inputs, background).image
     first = box.slices[0] - around.slices[0]
     return box, channels[:, first:first + box.shape[0]] * box.apply(breast)[None]
 
