@@ -138,7 +138,8 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
 
     Cropped first (views: less to copy) to the box and the slices next to it that neighbouring-slice inputs read (as
     in training, they see the real slices beyond the breast), then the channels are chosen, then the box's slices
-    are kept and masked (new arrays: the prepared case is never changed). The study's BPE, for the "excess" input, is measured on the whole breast, as in training.
+    are kept and masked (new arrays: the prepared case is never changed). The study's BPE, for the "excess" input,
+    is measured on the whole breast, as in training.
     """
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
