@@ -1,10 +1,11 @@
 """The main job: pre + post-contrast volumes -> breast region -> lesions, on the original grid.
 
-Steps (seed 000's pipeline, made fast): post aligned to pre -> canonical orientation and spacing of the breast
-model -> BRS on every slice -> breast mask post-processing -> the lesion model's grid -> crop around the breast
-(the OV idea) -> lesion model on the crop's slices only, inputs masked by the breast as in training -> back to
-the full grid -> threshold -> lesion post-processing (minimum volume, nothing outside the breast) -> original
-grid. Both models are described by their model cards, so user-trained models run through the same code.
+Steps (seed 000's pipeline, made fast): post aligned to pre (its grid, then rigid motion undone) -> canonical
+orientation and spacing of the breast model -> BRS on every slice -> breast mask post-processing -> the lesion
+model's grid -> crop around the breast (the OV idea) -> lesion model on the crop's slices only, inputs masked by the
+breast as in training -> back to the full grid -> threshold -> lesion post-processing (minimum volume, nothing
+outside the breast) -> original grid. Both models are described by their model cards, so user-trained models run
+through the same code.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..data.preprocessing import (
 )
 from ..errors import InputError
 from ..io.images import align_post_to_pre, as_float32, reorient_to_ras, resample_like
+from ..io.registration import Motion, correct_motion
 from ..models.cards import ModelCard, find_cards, load_model
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
@@ -99,11 +101,13 @@ def load_models(folder: str | Path | None = None, device: str = "auto") -> Model
 
 @dataclass
 class SegmentationOptions:
-    """Choices of one run; ``threshold`` and ``min_lesion_mm3`` None mean the lesion model card's."""
+    """Choices of one run; ``threshold`` and ``min_lesion_mm3`` None mean the lesion model card's;
+    ``motion_correction`` undoes rigid motion of the post-contrast phase (:mod:`..io.registration`)."""
 
     threshold: float | None = None
     min_lesion_mm3: float | None = None
     batch_size: int = 8
+    motion_correction: bool = True
 
 
 @dataclass
@@ -119,6 +123,7 @@ class Segmentation:
     threshold: float
     min_lesion_mm3: float
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    motion: Motion | None = None
 
 
 def _predict_breast(models: ModelSet, prepared: PreparedCase, options: SegmentationOptions,
@@ -185,6 +190,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     started = time.perf_counter()
     progress.update("preparing", 0.0)
     post = align_post_to_pre(pre, post, "the pre-contrast image", "the post-contrast image")
+    post, motion = correct_motion(pre, post) if options.motion_correction else (post, None)
     # Cast and reoriented once here, so that both preparations below find them ready.
     pre_ras, post_ras = reorient_to_ras(as_float32(pre)), reorient_to_ras(as_float32(post))
     seconds["align"] = time.perf_counter() - started
@@ -222,6 +228,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         threshold=threshold,
         min_lesion_mm3=min_volume,
         network_inputs={"breast": breast_input, "lesion": lesion_input},
+        motion=motion,
     )
     seconds["restore"] = time.perf_counter() - started
     progress.update("done", 1.0)
