@@ -4,7 +4,7 @@ Patients breathe and settle between the phases. A shift of 1-2 mm leaves bright 
 of the subtraction, and the lesion model reads them as enhancement: on the 12 held-out phantom studies, moving the
 post-contrast image by 2 mm raised its false positives from 1.9 to 23 per study. SimpleITK's registration
 framework finds the motion: Mattes mutual information, which the contrast uptake barely disturbs, and a rigid
-transform, on copies of the volumes binned to about 2 mm, in a second or so.
+transform, on copies of the volumes binned to about 2 mm, in well under a second.
 """
 
 from __future__ import annotations
@@ -66,15 +66,16 @@ def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     registration = sitk.ImageRegistrationMethod()
     registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     registration.SetMetricSamplingStrategy(registration.RANDOM)
-    registration.SetMetricSamplingPercentage(0.2, 1)
+    registration.SetMetricSamplingPercentage(0.05, 1)
     registration.SetMetricFixedMask(sitk.OtsuThreshold(fixed, 0, 1))
     registration.SetInterpolator(sitk.sitkLinear)
     registration.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.02, numberOfIterations=60,
                                                           relaxationFactor=0.5)
     registration.SetOptimizerScalesFromPhysicalShift()
-    registration.SetShrinkFactorsPerLevel([2, 1])
-    registration.SetSmoothingSigmasPerLevel([2.0, 0.0])
-    registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    # One level: patient motion is a few millimetres, within reach of the 2 mm copies without a coarser start
+    # (a second level cost twice the time for the same estimates on phantom studies).
+    registration.SetShrinkFactorsPerLevel([1])
+    registration.SetSmoothingSigmasPerLevel([0.0])
     start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                               sitk.CenteredTransformInitializerFilter.GEOMETRY)
     registration.SetInitialTransform(start, inPlace=True)
