@@ -1,6 +1,7 @@
 """Accuracy of a model set on held-out phantom cases (seeds never used in training).
 
-    python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--out accuracy.json]
+    python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--no-motion-correction]
+                                  [--out accuracy.json]
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive
 lesions per case, and the issue's targets next to them. Prints; asserts nothing. ``--motion-mm`` moves the
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.evaluation.lesions import match_lesions
 from BreastSegmentationLib.evaluation.metrics import mask_array, overlap_counts, scores_from_counts, segmentation_metrics
-from BreastSegmentationLib.inference.pipeline import load_models, segment_images
+from BreastSegmentationLib.inference.pipeline import SegmentationOptions, load_models, segment_images
 from BreastSegmentationLib.reports.tables import markdown_table
 
 TARGETS = {"breast_dice": 0.95, "lesion_dice": 0.75, "detected_over_20mm3": 0.90, "fp_per_case": 1.0}
@@ -56,9 +57,9 @@ def moved(image: sitk.Image, anterior_posterior_mm: float) -> sitk.Image:
     return sitk.Resample(image, image, shift, sitk.sitkLinear, 0.0, image.GetPixelID())
 
 
-def evaluate_case(seed: int, models, motion_mm: float = 0.0) -> dict:
+def evaluate_case(seed: int, models, motion_mm: float = 0.0, options: SegmentationOptions | None = None) -> dict:
     case = generate_case(seed)
-    result = segment_images(case.pre, moved(case.posts[0], motion_mm), models)
+    result = segment_images(case.pre, moved(case.posts[0], motion_mm), models, options)
     return {
         "seed": seed, "vendor": case.info["vendor"], "fat_sat": case.info["fat_sat"],
         "size": "x".join(map(str, case.pre.GetSize())),
@@ -79,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=9000, help="first held-out seed (training used 1000-1039)")
     parser.add_argument("--motion-mm", type=float, default=0.0,
                         help="move the post-contrast image this far along the anterior-posterior axis (default 0)")
+    parser.add_argument("--no-motion-correction", dest="motion_correction", action="store_false",
+                        help="segment without the pipeline's motion correction")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     models = load_models(args.models, "auto")
     rows = []
     for seed in range(args.seed, args.seed + args.cases):
-        rows.append(evaluate_case(seed, models, args.motion_mm))
+        rows.append(evaluate_case(seed, models, args.motion_mm,
+                                  SegmentationOptions(motion_correction=args.motion_correction)))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)
     print(markdown_table(rows))
