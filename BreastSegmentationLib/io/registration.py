@@ -59,7 +59,7 @@ def _binned(image: sitk.Image) -> sitk.Image:
 def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     """The rigid motion from ``pre`` to ``post`` (both on one grid), measured inside the body of ``pre``.
 
-    Deterministic (fixed sampling seed). ``applied`` says whether it is large enough to undo and small enough to
+    Repeatable (a fixed sampling seed; threads change only the last digits). ``applied`` says whether it is large enough to undo and small enough to
     trust (:func:`minimum_shift_mm`, :data:`MAXIMUM_SHIFT_MM`, :data:`MAXIMUM_ROTATION_DEG`).
     """
     fixed, moving = _binned(pre), _binned(post)
@@ -76,15 +76,15 @@ def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     # (a second level cost twice the time for the same estimates on phantom studies).
     registration.SetShrinkFactorsPerLevel([1])
     registration.SetSmoothingSigmasPerLevel([0.0])
-    start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    registration.SetInitialTransform(start, inPlace=True)
+    transform = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    registration.SetInitialTransform(transform, inPlace=True)  # optimised in place
     registration.Execute(fixed, moving)
-    rotation = tuple(float(np.degrees(angle)) for angle in start.GetParameters()[:3])
-    translation = tuple(float(value) for value in start.GetTranslation())
+    rotation = tuple(float(np.degrees(angle)) for angle in transform.GetParameters()[:3])
+    translation = tuple(float(value) for value in transform.GetTranslation())
     shift = float(np.linalg.norm(translation))
     applied = minimum_shift_mm(pre) <= shift <= MAXIMUM_SHIFT_MM and max(map(abs, rotation)) <= MAXIMUM_ROTATION_DEG
-    return Motion(start, translation, rotation, applied)
+    return Motion(transform, translation, rotation, applied)
 
 
 def correct_motion(pre: sitk.Image, post: sitk.Image) -> tuple[sitk.Image, Motion]:
