@@ -87,7 +87,7 @@ class BreastSegmentationParameterNode:
     useUserModels: bool = False
     userModelsFolder: Path
     device: Annotated[str, Choice(list(background.DEVICE_CHOICES))] = "auto"
-    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = resources.bundled_lesion_threshold()
     outputSegmentation: vtkMRMLSegmentationNode
     lesionTable: vtkMRMLTableNode
     overlapTable: vtkMRMLTableNode

@@ -6,6 +6,7 @@ extension; a pip install puts it under ``<prefix>/share/BreastSegmentation``.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,3 +33,14 @@ def bundled_models_dir() -> Path:
 
 def sample_dir() -> Path:
     return resource_dir("Sample")
+
+
+def bundled_lesion_threshold() -> float:
+    """The bundled lesion model card's threshold, read as plain JSON: the Slicer module shows it as its default
+    before torch, which loading a model needs, may be installed."""
+    models = bundled_models_dir()
+    for card_path in sorted(models.glob("*.json")):
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        if isinstance(card, dict) and card.get("task") == "lesion":
+            return float(card["threshold"])
+    raise InputError("no lesion model card among the bundled models", models)

@@ -21,6 +21,7 @@ from BreastSegmentationLib.inference.pipeline import load_models, segment_images
 from BreastSegmentationLib.inference.study import OUTPUT_FILES, segment_study, study_from_files
 from BreastSegmentationLib.models.cards import ModelCard, save_model
 from BreastSegmentationLib.models.registry import build_model
+from BreastSegmentationLib import resources
 from BreastSegmentationLib.resources import sample_dir
 
 
@@ -114,6 +115,18 @@ def test_minimum_lesion_volume_comes_from_the_card_unless_the_options_give_one(t
     assert by_card.min_lesion_mm3 == 40_000.0 and not sitk.GetArrayFromImage(by_card.lesions).any()
     by_option = segment_images(*images, models, SegmentationOptions(min_lesion_mm3=30_000.0))
     assert by_option.min_lesion_mm3 == 30_000.0 and sitk.GetArrayFromImage(by_option.lesions).all()
+
+
+def test_the_slicer_default_threshold_is_the_bundled_lesion_cards(tmp_path, monkeypatch):
+    """The Slicer module's slider starts at the threshold the CLI uses by default, read without torch."""
+    assert resources.bundled_lesion_threshold() == load_models(None, "cpu").lesion.card.threshold
+    breast_only = tmp_path / "models"
+    breast_only.mkdir()
+    for card in resources.bundled_models_dir().glob("breast_*.json"):
+        (breast_only / card.name).write_text(card.read_text())
+    monkeypatch.setattr(resources, "bundled_models_dir", lambda: breast_only)
+    with pytest.raises(InputError, match="no lesion model card"):
+        resources.bundled_lesion_threshold()
 
 
 def test_a_sagittally_stored_study_gives_the_same_segmentation_as_the_axial_one():
