@@ -26,8 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-lesion-mm3", type=float, metavar="V",
                         help="drop predicted lesions smaller than this in mm3 (default: the lesion model card's)")
     parser.add_argument("--no-motion-correction", dest="motion_correction", action="store_false",
-                        help="keep the post-contrast phase as it is instead of undoing a rigid motion of the patient "
-                             "between the phases (the motion found is reported in summary.json)")
+                        help="keep the post-contrast phase as it is; by default a rigid motion of the patient between "
+                             "the phases is found by registration, undone when 0.5 mm or more, and reported in "
+                             "summary.json")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
