@@ -9,7 +9,7 @@ transform, on copies of the volumes binned to about 2 mm, in well under a second
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,8 +59,9 @@ def _binned(image: sitk.Image) -> sitk.Image:
 def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     """The rigid motion from ``pre`` to ``post`` (both on one grid), measured inside the body of ``pre``.
 
-    Repeatable (a fixed sampling seed; threads change only the last digits). ``applied`` says whether it is large enough to undo and small enough to
-    trust (:func:`minimum_shift_mm`, :data:`MAXIMUM_SHIFT_MM`, :data:`MAXIMUM_ROTATION_DEG`).
+    Repeatable (a fixed sampling seed; threads change only the last digits). ``applied`` says whether it is large
+    enough to undo and small enough to trust (:func:`minimum_shift_mm`, :data:`MAXIMUM_SHIFT_MM`,
+    :data:`MAXIMUM_ROTATION_DEG`).
     """
     fixed, moving = _binned(pre), _binned(post)
     registration = sitk.ImageRegistrationMethod()
@@ -82,9 +83,9 @@ def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     registration.Execute(fixed, moving)
     rotation = tuple(float(np.degrees(angle)) for angle in transform.GetParameters()[:3])
     translation = tuple(float(value) for value in transform.GetTranslation())
-    shift = float(np.linalg.norm(translation))
-    applied = minimum_shift_mm(pre) <= shift <= MAXIMUM_SHIFT_MM and max(map(abs, rotation)) <= MAXIMUM_ROTATION_DEG
-    return Motion(transform, translation, rotation, applied)
+    found = Motion(transform, translation, rotation, applied=False)
+    trusted = found.shift_mm <= MAXIMUM_SHIFT_MM and max(map(abs, rotation)) <= MAXIMUM_ROTATION_DEG
+    return replace(found, applied=trusted and found.shift_mm >= minimum_shift_mm(pre))
 
 
 def correct_motion(pre: sitk.Image, post: sitk.Image) -> tuple[sitk.Image, Motion]:
