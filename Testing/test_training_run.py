@@ -223,5 +223,5 @@ def test_shipped_recipes_are_valid_configurations(path):
     """Every recipe in configs/ loads, names a known architecture, and reads its data from data/."""
     config = load_config(path)
     assert config.name == path.stem or path.stem.startswith("bundled_")
-    assert Path(config.dataset).is_relative_to(path.parents[1] / "data")
+    assert Path(config.dataset).is_relative_to(path.parents[1].resolve() / "data")
     assert config.architecture in ARCHITECTURES
