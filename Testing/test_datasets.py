@@ -11,7 +11,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from BreastSegmentationLib.data.augmentation import augment, spatial_transforms, training_transforms
+from BreastSegmentationLib.data.augmentation import (
+    RandContrastUptaked,
+    augment,
+    spatial_transforms,
+    training_transforms,
+)
 from BreastSegmentationLib.data.datasets import CaseRecord, load_dataset, validate_dataset, write_manifest
 from BreastSegmentationLib.data.interop import export_nnunet_raw, import_breastdm, import_nnunet_raw
 from BreastSegmentationLib.data.patches import (
@@ -22,7 +27,7 @@ from BreastSegmentationLib.data.patches import (
     PatchDataset,
     enhancing_classes,
 )
-from BreastSegmentationLib.data.preprocessing import prepare_case
+from BreastSegmentationLib.data.preprocessing import ENHANCEMENT_RANGE, prepare_case
 from BreastSegmentationLib.data.slices import Approach, SliceDataset
 from BreastSegmentationLib.errors import InputError
 
@@ -315,6 +320,36 @@ def test_augmentation_is_reproducible_from_its_seed():
     sample = {"image": torch.rand(2, 32, 32), "label": (torch.rand(1, 32, 32) > 0.5).float()}
     first, second = augment(dict(sample), transform, 7), augment(dict(sample), transform, 7)
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["label"], second["label"])
+
+
+def test_contrast_uptake_scaling_keeps_pre_and_scales_every_enhancing_channel():
+    inputs = ["pre", "post", "subtraction", "enhancement@-1", "enhancement", "pre@+1", "post@+1", "excess"]
+    image = torch.rand(len(inputs), 16, 16) + 1.0
+    image[4, 0, 0] = ENHANCEMENT_RANGE[1]
+    transform = RandContrastUptaked(inputs, (0.5, 1.5))
+    factors = []
+    for seed in range(10):
+        result = augment({"image": image.clone(), "label": torch.zeros(1, 16, 16)}, transform, seed)["image"]
+        factor = float(result[2, 1, 1] / image[2, 1, 1])
+        factors.append(factor)
+        assert 0.5 <= factor <= 1.5
+        assert torch.equal(result[[0, 5]], image[[0, 5]])
+        for post, pre in ((1, 0), (6, 5)):
+            assert torch.allclose(result[post] - result[pre], factor * (image[post] - image[pre]), atol=1e-5)
+        assert torch.allclose(result[[2, 3, 7]], factor * image[[2, 3, 7]], atol=1e-5)
+        assert float(result[4].max()) <= ENHANCEMENT_RANGE[1]
+    assert min(factors) < 0.9 and max(factors) > 1.1
+    again = augment({"image": image.clone(), "label": torch.zeros(1, 16, 16)}, transform, 9)["image"]
+    assert float(again[2, 1, 1] / image[2, 1, 1]) == pytest.approx(factors[-1])
+
+
+@pytest.mark.parametrize("inputs, factor_range, message", [
+    (["pre", "post"], (0.0, 1.5), "0 < low <= high"),
+    (["pre", "post@+1"], (0.5, 1.5), "needs the pre-contrast input"),
+])
+def test_contrast_uptake_scaling_refuses_bad_settings(inputs, factor_range, message):
+    with pytest.raises(InputError, match=message):
+        RandContrastUptaked(inputs, factor_range)
 
 
 # nnU-Net and BreastDM -------------------------------------------------------------------------------------------------

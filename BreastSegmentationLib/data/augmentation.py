@@ -2,13 +2,15 @@
 
 Used for domain randomisation of the bundled models: spatial changes applied alike to ``image`` and ``label``,
 intensity changes to ``image`` only. Mirroring is left-right only: anterior-posterior and head-feet flips would
-give anatomy that never occurs (breasts behind the chest wall).
+give anatomy that never occurs (breasts behind the chest wall). :class:`RandContrastUptaked` scales the contrast
+uptake of a whole sample, as contrast dose, injection timing and field strength do between protocols.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -23,7 +25,11 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSimulateLowResolutiond,
+    RandomizableTransform,
 )
+
+from ..errors import InputError
+from .preprocessing import ENHANCEMENT_RANGE, parse_input
 
 IMAGE, LABEL = "image", "label"
 KEYS = (IMAGE, LABEL)
@@ -62,13 +68,62 @@ def intensity_transforms(dims: int, strength: float = 1.0) -> list:
     ]
 
 
-def training_transforms(dims: int, strength: float = 1.0) -> Compose:
-    """All training augmentation for ``dims``-D samples {"image", "label"}; strength 0 is the identity."""
+class RandContrastUptaked(RandomizableTransform):
+    """Multiply a sample's contrast uptake by one random factor, log-uniform in ``factor_range``.
+
+    The enhancement at the first post-contrast phase differs between protocols (contrast dose, time of the first
+    phase after injection, field strength) by a factor for every tissue alike. A model trained at one protocol's
+    uptake learns an absolute enhancement level ("lesions enhance more than 50 %") and then misses a lesion that
+    enhances twice as much as this woman's gland but less than that level. Scaling every enhancing input by one
+    factor keeps each tissue's enhancement relative to the others, so the model must judge it against its
+    surroundings. MONAI's intensity transforms act on all channels alike and cannot do this: the pre-contrast
+    channel must stay as it is. ``inputs`` names the image's channels (model input names, see
+    :func:`~.preprocessing.parse_input`): "post" becomes pre + factor (post - pre), subtraction, enhancement and
+    excess are multiplied by the factor (enhancement clipped to its range again).
+    """
+
+    def __init__(self, inputs: Sequence[str], factor_range: Sequence[float]) -> None:
+        super().__init__(prob=1.0)
+        low, high = (float(value) for value in factor_range)
+        if not 0.0 < low <= high:
+            raise InputError(f"contrast uptake factor range must satisfy 0 < low <= high, got {list(factor_range)}")
+        self.log_range = (np.log(low), np.log(high))
+        parsed = [parse_input(name) for name in inputs]
+        self.post_pairs = [(index, parsed.index(("pre", offset))) for index, (channel, offset) in enumerate(parsed)
+                           if channel == "post" and ("pre", offset) in parsed]
+        if len(self.post_pairs) < sum(channel == "post" for channel, _ in parsed):
+            raise InputError("contrast uptake scaling needs the pre-contrast input of every post-contrast input "
+                             f"(same slice offset), got inputs {list(inputs)}")
+        self.scaled = [index for index, (channel, _) in enumerate(parsed) if channel in ("subtraction", "excess")]
+        self.enhancement = [index for index, (channel, _) in enumerate(parsed) if channel == "enhancement"]
+        self.factor = 1.0
+
+    def randomize(self, data: object = None) -> None:
+        self.factor = float(np.exp(self.R.uniform(*self.log_range)))
+
+    def __call__(self, sample: dict) -> dict:
+        self.randomize()
+        image = torch.as_tensor(sample[IMAGE]).clone()
+        for post, pre in self.post_pairs:
+            image[post] = image[pre] + self.factor * (image[post] - image[pre])
+        image[self.scaled] *= self.factor
+        image[self.enhancement] = (image[self.enhancement] * self.factor).clamp(*ENHANCEMENT_RANGE)
+        return {**sample, IMAGE: image}
+
+
+def training_transforms(dims: int, strength: float = 1.0, inputs: Sequence[str] | None = None,
+                        uptake_range: Sequence[float] | None = None) -> Compose:
+    """All training augmentation for ``dims``-D samples {"image", "label"}; strength 0 is the identity.
+
+    With ``uptake_range`` (and the channel names ``inputs``) the contrast uptake is scaled first
+    (:class:`RandContrastUptaked`), before the intensity changes that act on all channels alike.
+    """
     if dims not in (2, 3):
         raise ValueError(f"augmentation is for 2-D or 3-D samples, not {dims}-D")
     if strength <= 0.0:
         return Compose([])
-    return Compose(spatial_transforms(dims, strength) + intensity_transforms(dims, strength))
+    uptake = [] if uptake_range is None else [RandContrastUptaked(inputs or (), uptake_range)]
+    return Compose(spatial_transforms(dims, strength) + uptake + intensity_transforms(dims, strength))
 
 
 def draw_seed() -> int:

@@ -13,7 +13,9 @@ Example (every key but ``name``, ``task`` and ``dataset`` has a default)::
     }
 
 ``initial_model`` (a model card) starts the network from that model's weights instead of random ones: fine-tuning a
-bundled model on new data. Relative paths are read from the configuration file's folder.
+bundled model on new data. Relative paths are read from the configuration file's folder. ``contrast_uptake_range``
+(e.g. [0.5, 1.5], with ``augmentation`` on) scales each training sample's contrast uptake by a random factor
+(:class:`~..data.augmentation.RandContrastUptaked`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.augmentation import RandContrastUptaked
 from ..data.preprocessing import PreprocessConfig
 from ..data.slices import Approach
 from ..errors import InputError
@@ -72,6 +75,7 @@ class TrainConfig:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     safe_distance_mm: float = 16.0
     augmentation: float = 0.0
+    contrast_uptake_range: tuple[float, float] | None = None
     patches: PatchSampling = field(default_factory=PatchSampling)
     folds: int = 5
     test_patients: int = 2
@@ -99,6 +103,9 @@ class TrainConfig:
                              "enhancement is read from it)")
         if self.run_folds is not None and any(not 0 <= k < self.folds for k in self.run_folds):
             raise InputError(f"run_folds {self.run_folds} must be fold numbers from 0 to {self.folds - 1}")
+        if self.contrast_uptake_range is not None:
+            self.contrast_uptake_range = tuple(float(value) for value in self.contrast_uptake_range)
+            RandContrastUptaked(self.inputs, self.contrast_uptake_range)  # raises InputError for a bad range or inputs
 
     @property
     def preprocess(self) -> PreprocessConfig:

@@ -105,7 +105,7 @@ def slice_training_transform(config: TrainConfig) -> Compose | None:
     """Patch sampling (when configured) followed by augmentation (domain randomisation)."""
     steps = _patch_sampling(config) if config.patches.size is not None else []
     if config.augmentation > 0:
-        steps.append(training_transforms(2, config.augmentation))
+        steps.append(training_transforms(2, config.augmentation, config.inputs, config.contrast_uptake_range))
     # map_items=False: the crop's one-patch list reaches _first_patch whole instead of item by item.
     return Compose(steps, map_items=False) if steps else None
 
