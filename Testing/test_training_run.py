@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 
 from BreastSegmentationLib.cli import main
+from BreastSegmentationLib.data.augmentation import RandContrastUptaked
 from BreastSegmentationLib.data.datasets import load_dataset, write_manifest
 from BreastSegmentationLib.data.phantom import write_cases
 from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_checked
@@ -218,6 +220,27 @@ def test_hard_negative_patches_centre_on_strong_enhancement_that_is_no_lesion():
 
     assert share_with_spot({"foreground_ratio": 0.0, "enhancing_ratio": 1.0}) == 1.0
     assert share_with_spot({"foreground_ratio": 0.0}) < 0.3
+
+
+def uptake_steps(transform: Compose) -> list[RandContrastUptaked]:
+    """The contrast uptake transforms anywhere in a (nested) composition."""
+    steps = []
+    for step in transform.transforms:
+        if isinstance(step, Compose):
+            steps += uptake_steps(step)
+        elif isinstance(step, RandContrastUptaked):
+            steps.append(step)
+    return steps
+
+
+def test_contrast_uptake_range_reaches_the_training_augmentation():
+    values = {"name": "x", "task": "lesion", "dataset": "d.csv", "inputs": ["pre", "post", "enhancement"],
+              "augmentation": 1.0}
+    assert uptake_steps(slice_training_transform(config_from_dict(values))) == []
+    transform = slice_training_transform(config_from_dict({**values, "contrast_uptake_range": [0.6, 1.4]}))
+    (uptake,) = uptake_steps(transform)
+    assert np.exp(uptake.log_range) == pytest.approx((0.6, 1.4))
+    assert uptake.post_pairs == [(1, 0)] and uptake.enhancement == [2]
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)

@@ -73,8 +73,8 @@ class RandContrastUptaked(RandomizableTransform):
 
     The enhancement at the first post-contrast phase differs between protocols (contrast dose, time of the first
     phase after injection, field strength) by a factor for every tissue alike. A model trained at one protocol's
-    uptake learns an absolute enhancement level ("lesions enhance more than 50 %") and then misses a lesion that
-    enhances twice as much as this woman's gland but less than that level. Scaling every enhancing input by one
+    uptake can learn an absolute enhancement level ("lesions enhance more than 50 %") and then miss a lesion that
+    enhances ten times as much as this woman's gland but less than that level. Scaling every enhancing input by one
     factor keeps each tissue's enhancement relative to the others, so the model must judge it against its
     surroundings. MONAI's intensity transforms act on all channels alike and cannot do this: the pre-contrast
     channel must stay as it is. ``inputs`` names the image's channels (model input names, see
