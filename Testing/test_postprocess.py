@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_breast_mask, clean_lesion_mask
+from BreastSegmentationLib.inference.postprocess import (
+    LesionCleaning,
+    breast_mask_on,
+    clean_breast_mask,
+    clean_lesion_mask,
+)
+from BreastSegmentationLib.io.images import resample_like
 
 
 def as_image(array: np.ndarray, spacing=(0.8, 0.8, 2.0)) -> sitk.Image:
@@ -33,6 +39,25 @@ def test_breast_cleaning_keeps_two_breasts_fills_holes_and_drops_islands():
 
 def test_breast_cleaning_of_an_empty_mask_stays_empty():
     assert sitk.GetArrayFromImage(clean_breast_mask(as_image(np.zeros((4, 8, 8))))).sum() == 0
+
+
+def test_breast_mask_cleaned_on_the_coarse_grid_equals_the_mask_cleaned_on_the_fine_one():
+    """A smooth breast probability on a 2 mm grid, with a hole and an island, put on a 1 mm grid: the island is gone,
+    the hole filled, and the outline is the interpolated probability's (as cleaning on the fine grid gives)."""
+    z, y, x = np.mgrid[:8, :40, :40]
+    probability = np.clip(1.2 - np.hypot(y - 20.0, x - 14.0) / 10.0, 0.0, 1.0)
+    probability[3:5, 19:21, 13:15] = 0.1      # a hole
+    probability[2, 34:36, 34:36] = 0.9        # an island
+    coarse = sitk.GetImageFromArray(probability.astype(np.float32))
+    coarse.SetSpacing((2.0, 2.0, 3.0))
+    coarse.SetOrigin((10.0, -5.0, 3.0))
+    fine = sitk.Image(80, 80, 8, sitk.sitkUInt8)
+    fine.SetSpacing((1.0, 1.0, 3.0))
+    fine.SetOrigin((9.5, -5.5, 3.0))
+    mask = sitk.GetArrayFromImage(breast_mask_on(coarse, 0.5, fine))
+    on_fine_grid = sitk.GetArrayFromImage(clean_breast_mask(resample_like(coarse, fine) > 0.5))
+    assert mask[3, 38:42, 26:30].all() and not mask[2, 66:74, 66:74].any()
+    assert np.array_equal(mask, on_fine_grid)
 
 
 def test_lesion_cleaning_drops_small_and_outside_lesions_and_labels_by_size():

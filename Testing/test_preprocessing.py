@@ -21,6 +21,7 @@ from BreastSegmentationLib.data.preprocessing import (
     prepare_case,
     prepare_checked,
     restore_to_original,
+    channel_stack,
     select_channels,
     study_background,
     uses_excess,
@@ -155,6 +156,19 @@ def test_select_channels_orders_inputs_and_reads_neighbouring_slices(case):
     assert np.array_equal(selected.image[0][1:], subtraction[:-1]) and np.array_equal(selected.image[0][0], subtraction[0])
     assert np.array_equal(selected.image[2][:-1], subtraction[1:]) and np.array_equal(selected.image[2][-1], subtraction[-1])
     assert np.array_equal(selected.image[3], prepared.image[0])
+
+
+def test_channel_stack_in_a_box_equals_the_whole_stack_cropped_and_masked(case):
+    """Boxes at either end (the edge slice stands in beyond it) and inside (the neighbours are the real slices beyond
+    the box), with and without a mask, with the derived "excess"."""
+    prepared = prepare_case(**case, config=PreprocessConfig(subtraction=True, enhancement=True))
+    inputs = ["enhancement@-1", "excess", "subtraction@+1", "pre"]
+    whole = select_channels(prepared, inputs, background=0.25).image
+    for slices in ((0, 5), (4, 9), (7, 12)):
+        box = CropBox(slices=slices, rows=(10, 30), cols=(4, 40))
+        mask = np.random.default_rng(1).integers(0, 2, box.shape, dtype=np.uint8)
+        assert np.array_equal(channel_stack(prepared, inputs, box, background=0.25), box.apply(whole))
+        assert np.array_equal(channel_stack(prepared, inputs, box, mask, background=0.25), box.apply(whole) * mask)
 
 
 @pytest.mark.parametrize("fat_saturated", [False, True])

@@ -41,7 +41,7 @@ NORMALISATIONS = ("zscore_body", "percentile", "none")
 #: Channels the preprocessing can make. A model input names one, optionally read from a neighbouring slice:
 #: "subtraction@-1" is the subtraction of the slice below (2.5-D context, which tells a vessel crossing the slice
 #: from a lesion inside it).
-#: "excess" is not stored: :func:`select_channels` derives it from "enhancement" and a breast mask.
+#: "excess" is not stored: :func:`channel_stack` derives it from "enhancement" and a breast mask.
 CHANNELS = ("pre", "post", "subtraction", "enhancement", "excess")
 _INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction|enhancement|excess)(@(?P<offset>[+-][1-9]))?")
 #: The enhancement channel divides by max(pre, floor), floor = this fraction of the pre-contrast body's upper clip
@@ -172,16 +172,12 @@ class PreparedCase:
         """Row and column spacing in mm (the in-plane spacing in array order)."""
         return self.grid.spacing[1], self.grid.spacing[0]
 
-    def cropped(self, box: CropBox, copy: bool = True) -> PreparedCase:
-        """The part of the case inside ``box``, on its own grid (so predictions on it still map to physical space).
-
-        A copy lets the whole case's arrays be freed (training keeps only crops); views (``copy=False``) spare the
-        copying when the caller builds new arrays from the crop anyway.
-        """
-        take = np.ascontiguousarray if copy else np.asarray
-        masks = {name: None if mask is None else take(box.apply(mask))
+    def cropped(self, box: CropBox) -> PreparedCase:
+        """The part of the case inside ``box``, on its own grid (so predictions on it still map to physical space);
+        copies, so that the whole case's arrays can be freed (training keeps only crops)."""
+        masks = {name: None if mask is None else np.ascontiguousarray(box.apply(mask))
                  for name, mask in (("breast", self.breast), ("lesions", self.lesions))}
-        return replace(self, image=take(box.apply(self.image)), grid=self.grid.sub_grid(box), **masks)
+        return replace(self, image=np.ascontiguousarray(box.apply(self.image)), grid=self.grid.sub_grid(box), **masks)
 
 
 def inplane_grid(image: sitk.Image, spacing_xy: Sequence[float]) -> Grid:
@@ -358,12 +354,13 @@ def parse_input(name: str) -> tuple[str, int]:
     return match["channel"], int(match["offset"] or 0)
 
 
-def shift_slices(volume: np.ndarray, offset: int) -> np.ndarray:
-    """``volume`` (z, y, x) whose slice k holds slice k + ``offset``; the edge slices stand in beyond the ends."""
-    if offset == 0:
-        return volume
-    indices = np.clip(np.arange(volume.shape[0]) + offset, 0, volume.shape[0] - 1)
-    return volume[indices]
+def _neighbour_slices(slices: tuple[int, int], offset: int, depth: int) -> slice | np.ndarray:
+    """Indices of the slices ``offset`` away from ``slices`` in a volume of ``depth`` slices, the edge slices standing
+    in beyond the ends: a plain slice (a view) unless an end is reached."""
+    start, stop = slices[0] + offset, slices[1] + offset
+    if start >= 0 and stop <= depth:
+        return slice(start, stop)
+    return np.clip(np.arange(start, stop), 0, depth - 1)
 
 
 def background_enhancement(pre: np.ndarray, enhancement: np.ndarray, breast: np.ndarray) -> float:
@@ -404,13 +401,31 @@ def uses_excess(inputs: Sequence[str]) -> bool:
     return any(parse_input(name)[0] == "excess" for name in inputs)
 
 
-def _channel(case: PreparedCase, channel: str, background: float | None) -> np.ndarray:
-    """One stored channel of ``case``, or the derived "excess": the enhancement minus the study's BPE, so that a
-    lesion stands out by how much more it enhances than this woman's gland, whatever her BPE level."""
-    if channel != "excess":
-        return case.image[case.channels.index(channel)]
-    background = study_background(case) if background is None else background
-    return case.image[case.channels.index("enhancement")] - np.float32(background)
+def channel_stack(case: PreparedCase, inputs: Sequence[str], box: CropBox | None = None,
+                  mask: np.ndarray | None = None, background: float | None = None) -> np.ndarray:
+    """A model's ``inputs`` as one (C, z, y, x) array inside ``box`` (default: the whole case), optionally multiplied
+    by ``mask`` (the box's shape).
+
+    Neighbouring-slice inputs read the whole case, so a box's first slice sees the real slice below it. "excess" is
+    the enhancement minus ``background``, the study's BPE. Each channel is written once, straight from the stored
+    channels into the new array: the lesion model's input is the largest array of an inference run.
+    """
+    rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
+    slices = box.slices if box is not None else (0, case.shape[0])
+    parsed = [parse_input(name) for name in inputs]
+    stack = np.empty((len(parsed), slices[1] - slices[0], rows[1] - rows[0], cols[1] - cols[0]),
+                     dtype=case.image.dtype)
+    for index, (channel, offset) in enumerate(parsed):
+        source = case.image[case.channels.index("enhancement" if channel == "excess" else channel)]
+        part = source[_neighbour_slices(slices, offset, case.shape[0]), slice(*rows), slice(*cols)]
+        if channel == "excess":
+            np.subtract(part, np.float32(background), out=stack[index])
+            part = stack[index]
+        if mask is None:
+            stack[index] = part
+        else:
+            np.multiply(part, mask, out=stack[index])
+    return stack
 
 
 def select_channels(case: PreparedCase, inputs: Sequence[str], background: float | None = None) -> PreparedCase:
@@ -419,19 +434,21 @@ def select_channels(case: PreparedCase, inputs: Sequence[str], background: float
     ``background`` is the study's BPE for the derived "excess" input (:func:`study_background`); by default it is
     measured on the case's own breast mask, which a crop of the case may cut.
     """
-    parsed = [parse_input(name) for name in inputs]
-    stored = {"enhancement" if channel == "excess" else channel for channel, _ in parsed}
+    check_inputs(case, inputs)
+    if tuple(inputs) == case.channels:
+        return case
+    if uses_excess(inputs) and background is None:
+        background = study_background(case)
+    return replace(case, image=channel_stack(case, inputs, background=background), channels=tuple(inputs))
+
+
+def check_inputs(case: PreparedCase, inputs: Sequence[str]) -> None:
+    """Refuse model inputs whose channels the case's preprocessing did not make."""
+    stored = {"enhancement" if channel == "excess" else channel for channel, _ in map(parse_input, inputs)}
     missing = sorted(stored - set(case.channels))
     if missing:
         raise InputError(f"inputs {missing} are not made by the preprocessing (it makes {list(case.channels)}); "
                          "set preprocessing.subtraction (or .enhancement, also for 'excess') to true for that channel")
-    if tuple(inputs) == case.channels:
-        return case
-    channels = {channel: _channel(case, channel, background) for channel, _ in parsed}
-    image = np.empty((len(parsed), *case.shape), dtype=case.image.dtype)
-    for index, (channel, offset) in enumerate(parsed):
-        image[index] = shift_slices(channels[channel], offset)
-    return replace(case, image=image, channels=tuple(inputs))
 
 
 def prepare_checked(records: Sequence[CaseRecord], task: str, config: PreprocessConfig | None = None,

@@ -23,7 +23,8 @@ from ..data.crops import CropBox, ov_crop_box
 from ..data.preprocessing import (
     PreparedCase,
     PreprocessConfig,
-    parse_input,
+    channel_stack,
+    check_inputs,
     prepare_case,
     select_channels,
     study_background,
@@ -35,7 +36,7 @@ from ..io.registration import Motion, correct_motion
 from ..models.cards import ModelCard, find_cards, load_model
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
-from .postprocess import LesionCleaning, clean_breast_mask, clean_lesion_mask
+from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask
 from .runtime import describe_device, predict_slices, resolve_device
 
 log = logging.getLogger(__name__)
@@ -141,20 +142,14 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
                  crop: dict) -> tuple[CropBox, np.ndarray]:
     """The OV box around ``breast`` and the lesion network's input in it: (C, z, y, x), masked by the breast.
 
-    Cropped first (views: less to copy) to the box and the slices next to it that neighbouring-slice inputs read (as
-    in training, they see the real slices beyond the breast), then the channels are chosen, then the box's slices
-    are kept and masked (new arrays: the prepared case is never changed). The study's BPE, for the "excess" input,
-    is measured on the whole breast, as in training.
+    As in training, neighbouring-slice inputs see the real slices beyond the breast, and the study's BPE, for the
+    "excess" input, is measured on the whole breast. The prepared case is never changed.
     """
     box = ov_crop_box(breast, prepared.spacing_yx, safe_distance_mm=crop.get("safe_distance_mm", 16.0),
                       multiple=crop.get("multiple", 32))
-    margin = max(abs(parse_input(name)[1]) for name in inputs)
-    around = CropBox(slices=(max(box.slices[0] - margin, 0), min(box.slices[1] + margin, breast.shape[0])),
-                     rows=box.rows, cols=box.cols)
+    check_inputs(prepared, inputs)
     background = study_background(prepared, breast) if uses_excess(inputs) else None
-    channels = select_channels(prepared.cropped(around, copy=False), inputs, background).image
-    first = box.slices[0] - around.slices[0]
-    return box, channels[:, first:first + box.shape[0]] * box.apply(breast)[None]
+    return box, channel_stack(prepared, inputs, box, mask=box.apply(breast), background=background)
 
 
 def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarray, options: SegmentationOptions,
@@ -204,8 +199,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     shared = models.breast.preprocessing.intensity_settings == models.lesion.preprocessing.intensity_settings
     prepared = prepare_case(pre_ras, post_ras, config=models.lesion.preprocessing, case_id="study",
                             statistics=for_breast.statistics if shared else None)
-    on_lesion_grid = resample_like(breast_probability, prepared.grid.reference())
-    breast = clean_breast_mask(on_lesion_grid > models.breast.card.threshold)
+    breast = breast_mask_on(breast_probability, models.breast.card.threshold, prepared.grid.reference())
     breast_array = sitk.GetArrayFromImage(breast)
     if not breast_array.any():
         raise InputError("no breast tissue found: the breast model found no breast in this study "

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..data.preprocessing import fill_holes_per_slice
+from ..io.images import resample_like
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,23 @@ def clean_breast_mask(mask: sitk.Image, keep_fraction: float = 0.1, max_componen
             if statistics.GetNumberOfPixels(label) >= keep_fraction * largest]
     cleaned = sitk.Cast(sitk.BinaryThreshold(labels, 1, max(kept), 1, 0), sitk.sitkUInt8)
     return _fill_holes_per_slice(cleaned)
+
+
+def breast_mask_on(probability: sitk.Image, threshold: float, reference: sitk.Image) -> sitk.Image:
+    """The cleaned breast mask (:func:`clean_breast_mask`) of a breast probability, on ``reference``'s finer grid.
+
+    Cleaned on the probability's own coarser grid (the breast model's, a quarter of the voxels), then the probability
+    with the removed islands lowered to the threshold and the filled holes raised just above it is interpolated and
+    thresholded: the outline stays as smooth as the interpolated probability's, where resampling the cleaned mask
+    itself would make it a staircase of coarse voxels.
+    """
+    values = sitk.GetArrayViewFromImage(probability)
+    kept = sitk.GetArrayFromImage(clean_breast_mask(probability > threshold)) > 0
+    just_above = np.nextafter(np.float32(threshold), np.float32(np.inf))
+    cleaned = sitk.GetImageFromArray(np.where(kept, np.maximum(values, just_above), np.minimum(values, threshold))
+                                     .astype(np.float32))
+    cleaned.CopyInformation(probability)
+    return sitk.Cast(resample_like(cleaned, reference) > threshold, sitk.sitkUInt8)
 
 
 def _fill_holes_per_slice(mask: sitk.Image) -> sitk.Image:
