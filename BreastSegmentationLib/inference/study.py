@@ -90,8 +90,8 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
     progress.update("report", 0.0)
     enhancement = relative_enhancement(study.pre, result.post_aligned)
     lesion_rows = lesion_label_table(result.lesions, enhancement)
-    evaluation = evaluate_case(result.lesions > 0, reference_mask, study.pre, result.post_aligned) \
-        if reference_mask is not None else None
+    # Without pre and post: the per-lesion enhancement tables they add are not written here.
+    evaluation = evaluate_case(result.lesions > 0, reference_mask) if reference_mask is not None else None
     energy = meter.report
     summary = {
         "version": __version__,
