@@ -40,7 +40,7 @@ def write_study(folder: Path, seed: int) -> tuple[Path, Path]:
 
 def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]]) -> float:
     """The two networks alone on inputs of exactly the shapes the pipeline gave them (drawn before the clock starts:
-    drawing them takes about as long as a network's forward passes)."""
+    drawing them takes about a second here)."""
     rng = np.random.default_rng(0)
     inputs = {task: rng.normal(size=shape).astype(np.float32) for task, shape in network_inputs.items()}
     started = time.perf_counter()
