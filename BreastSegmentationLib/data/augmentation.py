@@ -115,8 +115,9 @@ def training_transforms(dims: int, strength: float = 1.0, inputs: Sequence[str] 
                         uptake_range: Sequence[float] | None = None) -> Compose:
     """All training augmentation for ``dims``-D samples {"image", "label"}; strength 0 is the identity.
 
-    With ``uptake_range`` (and the channel names ``inputs``) the contrast uptake is scaled first
-    (:class:`RandContrastUptaked`), before the intensity changes that act on all channels alike.
+    With ``uptake_range`` (and the channel names ``inputs``) the contrast uptake is scaled
+    (:class:`RandContrastUptaked`) after the spatial changes and before the intensity changes that act on all
+    channels alike.
     """
     if dims not in (2, 3):
         raise ValueError(f"augmentation is for 2-D or 3-D samples, not {dims}-D")
