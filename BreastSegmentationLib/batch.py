@@ -51,6 +51,7 @@ class BatchOptions:
     models: Path | None = None
     threshold: float | None = None
     min_lesion_mm3: float | None = None
+    min_lesion_peak: float | None = None
     motion_correction: bool = True
 
 
@@ -143,7 +144,7 @@ def segment_one(study: Study, output_dir: Path, models: ModelSet, options: Batch
     lesions = volume = None
     try:
         summary = segment_study(_read_study(study, progress), out_dir, models,
-                                SegmentationOptions(options.threshold, options.min_lesion_mm3,
+                                SegmentationOptions(options.threshold, options.min_lesion_mm3, options.min_lesion_peak,
                                                     motion_correction=options.motion_correction),
                                 progress=progress)
         exit_code, status, message = 0, "ok", ""

@@ -36,11 +36,12 @@ def constant_model(architecture: str, inputs: int, logit: float) -> torch.nn.Mod
 
 
 def write_models(folder: Path, breast_logit: float, lesion_logit: float,
-                 lesion_inputs: tuple[str, ...] = ("pre", "post", "subtraction"), min_lesion_mm3: float = 10.0) -> Path:
+                 lesion_inputs: tuple[str, ...] = ("pre", "post", "subtraction"), min_lesion_mm3: float = 10.0,
+                 min_lesion_peak: float | None = None) -> Path:
     breast_card = ModelCard(name="brs", task="breast", architecture="unet_small", inputs=["pre", "post"],
                             preprocessing={"spacing_mm": [2.0, 2.0]})
     lesion_card = ModelCard(name="bls", task="lesion", architecture="unetpp_small", inputs=list(lesion_inputs),
-                            min_lesion_mm3=min_lesion_mm3,
+                            min_lesion_mm3=min_lesion_mm3, min_lesion_peak=min_lesion_peak,
                             preprocessing={"spacing_mm": [1.0, 1.0], "subtraction": True, "enhancement": True,
                                            "crop": {"kind": "ov", "safe_distance_mm": 16.0, "multiple": 32}})
     save_model(constant_model("unet_small", 2, breast_logit), breast_card, folder)
@@ -115,6 +116,18 @@ def test_minimum_lesion_volume_comes_from_the_card_unless_the_options_give_one(t
     assert by_card.min_lesion_mm3 == 40_000.0 and not sitk.GetArrayFromImage(by_card.lesions).any()
     by_option = segment_images(*images, models, SegmentationOptions(min_lesion_mm3=30_000.0))
     assert by_option.min_lesion_mm3 == 30_000.0 and sitk.GetArrayFromImage(by_option.lesions).all()
+
+
+def test_minimum_lesion_peak_comes_from_the_card_unless_the_options_give_one(tmp_path, rng):
+    from BreastSegmentationLib.inference.pipeline import SegmentationOptions
+
+    # The constant lesion model says 0.62 everywhere: above the threshold 0.5, below the card's peak level 0.7.
+    models = load_models(write_models(tmp_path / "models", 5.0, 0.5, min_lesion_peak=0.7), "cpu")
+    images = study_images(rng)
+    by_card = segment_images(*images, models, SegmentationOptions(threshold=0.5))
+    assert by_card.min_lesion_peak == 0.7 and not sitk.GetArrayFromImage(by_card.lesions).any()
+    by_option = segment_images(*images, models, SegmentationOptions(threshold=0.5, min_lesion_peak=0.6))
+    assert by_option.min_lesion_peak == 0.6 and sitk.GetArrayFromImage(by_option.lesions).all()
 
 
 def test_the_slicer_default_threshold_is_the_bundled_lesion_cards(tmp_path, monkeypatch):

@@ -83,3 +83,21 @@ def test_lesion_cleaning_minimum_volume_is_in_mm3():
     assert sitk.GetArrayFromImage(clean_lesion_mask(as_image(lesions, (1, 1, 1)), as_image(breast, (1, 1, 1)), rules)).sum() == 0
     kept = clean_lesion_mask(as_image(lesions, (1, 1, 2)), as_image(breast, (1, 1, 2)), rules)
     assert sitk.GetArrayFromImage(kept).sum() == 8
+
+
+def test_lesion_cleaning_keeps_only_candidates_whose_probability_peaks_above_the_peak_level():
+    breast = np.ones((8, 30, 30), np.uint8)
+    probability = np.zeros(breast.shape, np.float32)
+    probability[2:6, 2:10, 2:10] = 0.5     # faint blob: above the threshold, never above the peak level
+    probability[2:6, 15:25, 15:25] = 0.5   # a lesion with a faint rim ...
+    probability[3:5, 18:22, 18:22] = 0.9   # ... and a confident core: kept whole, rim included
+    image = sitk.GetImageFromArray(probability)
+    image.CopyInformation(as_image(breast))
+    candidates = image > 0.4
+    rules = LesionCleaning(min_volume_mm3=1.0, min_peak_probability=0.8)
+    cleaned = sitk.GetArrayFromImage(clean_lesion_mask(candidates, as_image(breast), rules, probability=image))
+    assert not cleaned[2:6, 2:10, 2:10].any()
+    assert (cleaned[2:6, 15:25, 15:25] == 1).all() and cleaned.sum() == 4 * 10 * 10
+    without_peak_rule = clean_lesion_mask(candidates, as_image(breast), LesionCleaning(min_volume_mm3=1.0),
+                                          probability=image)
+    assert sitk.GetArrayFromImage(without_peak_rule).max() == 2

@@ -40,12 +40,13 @@ def write_study(folder: Path, seed: int) -> tuple[Path, Path]:
 
 def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]]) -> float:
     """The two networks alone on inputs of exactly the shapes the pipeline gave them (drawn before the clock starts:
-    drawing them takes about a second here)."""
+    drawing them takes about a second here), with the test-time mirroring their cards ask for."""
     rng = np.random.default_rng(0)
     inputs = {task: rng.normal(size=shape).astype(np.float32) for task, shape in network_inputs.items()}
     started = time.perf_counter()
     for task, model in (("breast", models.breast), ("lesion", models.lesion)):
-        predict_slices(model.network, inputs[task], range(inputs[task].shape[1]), models.device)
+        predict_slices(model.network, inputs[task], range(inputs[task].shape[1]), models.device,
+                       mirror=model.card.test_time_mirroring)
     if models.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started

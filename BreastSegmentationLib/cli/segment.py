@@ -25,6 +25,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lesion probability threshold (default: the lesion model card's)")
     parser.add_argument("--min-lesion-mm3", type=float, metavar="V",
                         help="drop predicted lesions smaller than this in mm3 (default: the lesion model card's)")
+    parser.add_argument("--min-lesion-peak", type=float, metavar="P",
+                        help="drop predicted lesions whose probability nowhere reaches P; the threshold draws their "
+                             "outline (default: the lesion model card's; 0 turns this off)")
     parser.add_argument("--no-motion-correction", dest="motion_correction", action="store_false",
                         help="keep the post-contrast phase as it is; by default a rigid motion of the patient between "
                              "the phases is found by registration, undone when 0.5 mm or more, and reported in "
@@ -60,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> SegmentationOptions:
     return SegmentationOptions(threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
-                               motion_correction=args.motion_correction)
+                               min_lesion_peak=args.min_lesion_peak, motion_correction=args.motion_correction)
 
 
 def read_study(args: argparse.Namespace, progress: Progress) -> StudyInput:
@@ -77,7 +80,8 @@ def run_many(args: argparse.Namespace, progress: Progress) -> int:
     if args.reference or args.pre or args.post or args.dicom:
         args.parser.error("--input-dir segments whole folders: it takes no --pre, --post, --dicom or --reference")
     options = BatchOptions(device=args.device, models=args.models and Path(args.models), threshold=args.threshold,
-                           min_lesion_mm3=args.min_lesion_mm3, motion_correction=args.motion_correction)
+                           min_lesion_mm3=args.min_lesion_mm3, min_lesion_peak=args.min_lesion_peak,
+                           motion_correction=args.motion_correction)
     results = run_batch(args.input_dir, args.out, options, progress)
     print_json({"output": str(Path(args.out).resolve()), "studies": len(results),
                 "failed": [{"study": r.study, "status": r.status, "message": r.message}

@@ -3,8 +3,8 @@
 Steps (seed 000's pipeline, made fast): post aligned to pre (its grid, then rigid motion undone) -> canonical
 orientation and spacing of the breast model -> BRS on every slice -> breast mask post-processing -> the lesion
 model's grid -> crop around the breast (the OV idea) -> lesion model on the crop's slices only, inputs masked by the
-breast as in training -> back to the full grid -> threshold -> lesion post-processing (minimum volume, nothing
-outside the breast) -> original grid. Both models are described by their model cards, so user-trained models run
+breast as in training (and, where the card asks, on their mirror images too) -> threshold -> lesion post-processing
+(minimum volume, minimum peak probability, nothing outside the breast) -> back to the full grid -> original grid. Both models are described by their model cards, so user-trained models run
 through the same code.
 """
 
@@ -102,11 +102,13 @@ def load_models(folder: str | Path | None = None, device: str = "auto") -> Model
 
 @dataclass
 class SegmentationOptions:
-    """Choices of one run; ``threshold`` and ``min_lesion_mm3`` None mean the lesion model card's;
-    ``motion_correction`` undoes rigid motion of the post-contrast phase (:mod:`..io.registration`)."""
+    """Choices of one run; ``threshold``, ``min_lesion_mm3`` and ``min_lesion_peak`` None mean the lesion model
+    card's (a peak at or below the threshold has no effect: :class:`LesionCleaning`); ``motion_correction`` undoes
+    rigid motion of the post-contrast phase (:mod:`..io.registration`)."""
 
     threshold: float | None = None
     min_lesion_mm3: float | None = None
+    min_lesion_peak: float | None = None
     batch_size: int = 8
     motion_correction: bool = True
 
@@ -123,6 +125,7 @@ class Segmentation:
     device: str
     threshold: float
     min_lesion_mm3: float
+    min_lesion_peak: float | None
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     motion: Motion | None = None
 
@@ -134,7 +137,8 @@ def _predict_breast(models: ModelSet, prepared: PreparedCase, options: Segmentat
     model = models.breast
     channels = select_channels(prepared, model.card.inputs).image
     probability = predict_slices(model.network, channels, range(channels.shape[1]), models.device,
-                                 options.batch_size, progress=progress, stage="breast region")
+                                 options.batch_size, progress=progress, stage="breast region",
+                                 mirror=model.card.test_time_mirroring)
     return prepared.grid.image(probability), channels.shape
 
 
@@ -159,7 +163,8 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
     model = models.lesion
     box, cropped = lesion_input(prepared, breast, model.card.inputs, model.crop)
     probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
-                                 options.batch_size, progress=progress, stage="lesions")
+                                 options.batch_size, progress=progress, stage="lesions",
+                                 mirror=model.card.test_time_mirroring)
     return box, probability, cropped.shape
 
 
@@ -169,7 +174,8 @@ def _lesion_labels(prepared: PreparedCase, box: CropBox, probability: np.ndarray
     lesion lies outside it, and the box is a fraction of the grid), then put in place."""
     in_box = prepared.grid.sub_grid(box)
     candidates = in_box.image((probability > threshold).astype(np.uint8))
-    labels = clean_lesion_mask(candidates, in_box.image(np.ascontiguousarray(box.apply(breast))), cleaning)
+    labels = clean_lesion_mask(candidates, in_box.image(np.ascontiguousarray(box.apply(breast))), cleaning,
+                               probability=in_box.image(probability))
     return prepared.grid.image(box.paste(sitk.GetArrayViewFromImage(labels), breast.shape))
 
 
@@ -208,9 +214,12 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     seconds["lesions"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    threshold = models.lesion.card.threshold if options.threshold is None else options.threshold
-    min_volume = models.lesion.card.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
-    lesions = _lesion_labels(prepared, box, lesion_probability, breast_array, threshold, LesionCleaning(min_volume))
+    card = models.lesion.card
+    threshold = card.threshold if options.threshold is None else options.threshold
+    min_volume = card.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
+    min_peak = card.min_lesion_peak if options.min_lesion_peak is None else options.min_lesion_peak
+    lesions = _lesion_labels(prepared, box, lesion_probability, breast_array, threshold,
+                             LesionCleaning(min_volume, min_peak_probability=min_peak))
     probability = prepared.grid.image(box.paste(lesion_probability, breast_array.shape))
     result = Segmentation(
         breast=resample_like(breast, pre, is_mask=True),
@@ -221,6 +230,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         device=describe_device(models.device),
         threshold=threshold,
         min_lesion_mm3=min_volume,
+        min_lesion_peak=min_peak,
         network_inputs={"breast": breast_input, "lesion": lesion_input},
         motion=motion,
     )

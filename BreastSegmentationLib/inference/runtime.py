@@ -57,11 +57,15 @@ def predict_slices(
     multiple: int = 32,
     progress: Progress | None = None,
     stage: str = "inference",
+    mirror: bool = False,
 ) -> np.ndarray:
     """Sigmoid probabilities of a 2-D model on chosen axial slices of a (C, z, y, x) volume.
 
     Slices not asked for stay 0, which is how the pipeline skips slices without breast. Written here rather
-    than with MONAI's SliceInferer because that one runs every slice of the volume.
+    than with MONAI's SliceInferer because that one runs every slice of the volume. ``mirror`` is nnU-Net's
+    test-time mirroring, left-right only (the one flip the models were trained with; x is the last axis): the mean
+    of the probabilities of each slice and of its mirror image, mirrored back. It costs a second forward pass and
+    removes most false positives of the lesion model, which a network seldom makes in both views.
     """
     progress = progress or silent()
     probabilities = np.zeros(channels.shape[1:], dtype=np.float32)
@@ -73,6 +77,9 @@ def predict_slices(
             batch, (height, width) = _pad_to_multiple(np.moveaxis(channels[:, chosen], 1, 0), multiple)
             inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-            logits = model(inputs)[:, 0, :height, :width]
-            probabilities[chosen] = torch.sigmoid(logits.float()).cpu().numpy()
+            probability = torch.sigmoid(model(inputs)[:, 0].float())
+            if mirror:
+                mirrored = torch.sigmoid(model(inputs.flip(-1))[:, 0].float()).flip(-1)
+                probability = 0.5 * (probability + mirrored)
+            probabilities[chosen] = probability[:, :height, :width].cpu().numpy()
     return probabilities

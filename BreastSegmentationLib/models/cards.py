@@ -60,6 +60,10 @@ class ModelCard:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
     min_lesion_mm3: float = 10.0  #: lesion models: smaller predicted lesions are dropped
+    #: lesion models: a predicted lesion is kept only where its probability somewhere reaches this (None: no rule)
+    min_lesion_peak: float | None = None
+    #: average each slice's prediction with that of its left-right mirror image (a second forward pass)
+    test_time_mirroring: bool = False
     weights: str = ""
     sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +87,12 @@ class ModelCard:
         if isinstance(self.min_lesion_mm3, bool) or not isinstance(self.min_lesion_mm3, (int, float)) \
                 or not self.min_lesion_mm3 >= 0:
             raise InputError(f"min_lesion_mm3 must be a number of at least 0, not {self.min_lesion_mm3!r}")
+        if self.min_lesion_peak is not None and (isinstance(self.min_lesion_peak, bool)
+                                                 or not isinstance(self.min_lesion_peak, (int, float))
+                                                 or not 0 <= self.min_lesion_peak < 1):
+            raise InputError(f"min_lesion_peak must be null or a number from 0 to below 1, not {self.min_lesion_peak!r}")
+        if not isinstance(self.test_time_mirroring, bool):
+            raise InputError(f"test_time_mirroring must be true or false, not {self.test_time_mirroring!r}")
         if not isinstance(self.licence, str) or not isinstance(self.notes, str):
             raise InputError("licence and notes must be text")
 
