@@ -146,6 +146,7 @@ def test_relative_enhancement_columns_and_safe_denominator() -> None:
     for image in (pre_image, post_image):
         image.CopyInformation(mask)
     rows = lesion_table(mask, pre=pre_image, post=post_image, intensity=post_image)
+    assert lesions.relative_enhancement(pre_image, post_image).GetPixelID() == sitk.sitkFloat32
     assert rows[0]["mean_enhancement"] == pytest.approx((0.5 * 3 + 2.0) / 4)
     assert rows[0]["peak_enhancement"] == pytest.approx(2.0)
     assert rows[1]["mean_enhancement"] == pytest.approx(5.0)
