@@ -7,8 +7,8 @@
 
 The models run once on each validation study named by the lesion card (``training.val_patients``), or on phantom
 studies generated from ``--phantom-seeds`` (a tuning set: seeds used neither in training, 1000-2001, nor by the
-accuracy benchmark, 9000 and up; larger than a fold's validation studies and drawn as the held-out ones are); the lesion
-probability is then thresholded and cleaned at every combination of ``--thresholds``, ``--min-volumes`` and
+accuracy benchmark, 9000 and up; larger than a fold's validation studies and drawn as the held-out ones are); the
+lesion probability is then thresholded and cleaned at every combination of ``--thresholds``, ``--min-volumes`` and
 ``--peaks`` (peaks below a threshold are skipped; on the pre-contrast grid, as the outputs are), and each is scored
 as the accuracy benchmark scores held-out studies: lesion Dice, lesions over 20 mm3 detected, false-positive lesions
 per study. Prints the table; the chosen combination goes into the card's ``threshold``, ``min_lesion_mm3`` and
@@ -29,7 +29,7 @@ from accuracy import lesion_scores, summarise_lesions  # benchmarks/ is on the p
 
 from BreastSegmentationLib.data.datasets import load_dataset
 from BreastSegmentationLib.data.phantom import generate_case
-from BreastSegmentationLib.inference.pipeline import load_models, segment_images
+from BreastSegmentationLib.inference.pipeline import ModelSet, load_models, segment_images
 from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_lesion_mask
 from BreastSegmentationLib.reports.tables import markdown_table
 
@@ -40,7 +40,7 @@ def score(probability: sitk.Image, breast: sitk.Image, reference: sitk.Image, th
     return lesion_scores(clean_lesion_mask(probability > threshold, breast, rules, probability), reference)
 
 
-def validation_studies(models, dataset: str) -> Iterator[tuple[str, sitk.Image, sitk.Image, sitk.Image]]:
+def validation_studies(models: ModelSet, dataset: str) -> Iterator[tuple[str, sitk.Image, sitk.Image, sitk.Image]]:
     """(name, pre, post, reference lesions) of the lesion card's validation patients found in ``dataset``."""
     validation = set(models.lesion.card.training.get("val_patients", []))
     records = [r for r in load_dataset(dataset, require=("lesions",)) if r.patient_id in validation]
@@ -60,7 +60,8 @@ def phantom_studies(first: int, count: int) -> Iterator[tuple[str, sitk.Image, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", required=True, help="model folder (with --dataset, its lesion card lists val_patients)")
+    parser.add_argument("--models", required=True,
+                        help="model folder (with --dataset, its lesion card lists val_patients)")
     studies = parser.add_mutually_exclusive_group(required=True)
     studies.add_argument("--dataset", help="the dataset the lesion model was trained on (its validation studies)")
     studies.add_argument("--phantom-seeds", type=int, nargs=2, metavar=("FIRST", "COUNT"),
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         for point_scores, (threshold, rules) in zip(scores, points):
             point_scores.append(score(result.probability, result.breast, reference, threshold, rules))
         print(f"{name}: done", flush=True)
-    rows = [{"threshold": threshold, "min_lesion_mm3": rules.min_volume_mm3, "min_lesion_peak": rules.min_peak_probability,
-             **summarise_lesions(point_scores)} for point_scores, (threshold, rules) in zip(scores, points)]
+    rows = [{"threshold": threshold, "min_lesion_mm3": rules.min_volume_mm3,
+             "min_lesion_peak": rules.min_peak_probability, **summarise_lesions(point_scores)}
+            for point_scores, (threshold, rules) in zip(scores, points)]
     print(f"{len(scores[0])} studies")
     print(markdown_table(rows))
     if args.out:

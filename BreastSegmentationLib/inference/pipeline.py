@@ -4,8 +4,8 @@ Steps (seed 000's pipeline, made fast): post aligned to pre (its grid, then rigi
 orientation and spacing of the breast model -> BRS on every slice -> breast mask post-processing -> the lesion
 model's grid -> crop around the breast (the OV idea) -> lesion model on the crop's slices only, inputs masked by the
 breast as in training (and, where the card asks, on their mirror images too) -> threshold -> lesion post-processing
-(minimum volume, minimum peak probability, nothing outside the breast) -> back to the full grid -> original grid. Both models are described by their model cards, so user-trained models run
-through the same code.
+(minimum volume, minimum peak probability, nothing outside the breast) -> back to the full grid -> original grid.
+Both models are described by their model cards, so user-trained models run through the same code.
 """
 
 from __future__ import annotations

@@ -87,10 +87,9 @@ class ModelCard:
         if isinstance(self.min_lesion_mm3, bool) or not isinstance(self.min_lesion_mm3, (int, float)) \
                 or not self.min_lesion_mm3 >= 0:
             raise InputError(f"min_lesion_mm3 must be a number of at least 0, not {self.min_lesion_mm3!r}")
-        if self.min_lesion_peak is not None and (isinstance(self.min_lesion_peak, bool)
-                                                 or not isinstance(self.min_lesion_peak, (int, float))
-                                                 or not 0 <= self.min_lesion_peak < 1):
-            raise InputError(f"min_lesion_peak must be null or a number from 0 to below 1, not {self.min_lesion_peak!r}")
+        peak = self.min_lesion_peak
+        if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 <= peak < 1):
+            raise InputError(f"min_lesion_peak must be null or a number from 0 to below 1, not {peak!r}")
         if not isinstance(self.test_time_mirroring, bool):
             raise InputError(f"test_time_mirroring must be true or false, not {self.test_time_mirroring!r}")
         if not isinstance(self.licence, str) or not isinstance(self.notes, str):
