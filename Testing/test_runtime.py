@@ -32,9 +32,8 @@ def test_only_the_chosen_slices_are_predicted_and_padding_is_cut_away(rng):
 def test_mirroring_averages_each_slice_with_its_mirror_image_mirrored_back(rng):
     channels = rng.normal(size=(1, 3, 16, 40)).astype(np.float32)
     probabilities = predict_slices(LeftHeavy(), channels, range(3), torch.device("cpu"), mirror=True)
-    ramp = np.linspace(2.0, -2.0, 64)
-    # The mirror view sees the padded slice flipped: its padding lies on the left, and the ramp runs the other way.
-    mirrored_ramp = ramp[::-1][:40]
-    expected = 0.5 * (sigmoid(channels[0] + ramp[:40]) + sigmoid(channels[0] + mirrored_ramp))
+    ramp = np.linspace(2.0, -2.0, 64)[:40]  # 40 columns padded to 64 on the right, in both views
+    # Mirrored back, the mirror view's ramp runs the other way.
+    expected = 0.5 * (sigmoid(channels[0] + ramp) + sigmoid(channels[0] + ramp[::-1]))
     assert np.allclose(probabilities, expected, atol=1e-5)
     assert not np.allclose(probabilities, predict_slices(LeftHeavy(), channels, range(3), torch.device("cpu")))

@@ -48,6 +48,14 @@ def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, tupl
     return batch, (height, width)
 
 
+def _sigmoid_of(model: torch.nn.Module, slices: np.ndarray, device: torch.device, multiple: int) -> np.ndarray:
+    """Sigmoid of the model's first output on a (N, C, y, x) batch, zero-padded for the network and cut back."""
+    batch, (height, width) = _pad_to_multiple(slices, multiple)
+    inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return torch.sigmoid(model(inputs)[:, 0, :height, :width].float()).cpu().numpy()
+
+
 def predict_slices(
     model: torch.nn.Module,
     channels: np.ndarray,
@@ -64,7 +72,8 @@ def predict_slices(
     Slices not asked for stay 0, which is how the pipeline skips slices without breast. Written here rather
     than with MONAI's SliceInferer because that one runs every slice of the volume. ``mirror`` is nnU-Net's
     test-time mirroring, left-right only (the one flip the models were trained with; x is the last axis): the mean
-    of the probabilities of each slice and of its mirror image, mirrored back. It costs a second forward pass and
+    of the probabilities of each slice and of its mirror image, mirrored back. Each view is padded on the same side
+    (right and bottom), so both show the network the tissue as the first does. It costs a second forward pass and
     removes most false positives of the lesion model, which a network seldom makes in both views.
     """
     progress = progress or silent()
@@ -74,12 +83,10 @@ def predict_slices(
     with torch.inference_mode():
         for start in progress.track(range(0, len(indices), batch_size), stage):
             chosen = indices[start:start + batch_size]
-            batch, (height, width) = _pad_to_multiple(np.moveaxis(channels[:, chosen], 1, 0), multiple)
-            inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-            probability = torch.sigmoid(model(inputs)[:, 0].float())
+            slices = np.moveaxis(channels[:, chosen], 1, 0)
+            probability = _sigmoid_of(model, slices, device, multiple)
             if mirror:
-                mirrored = torch.sigmoid(model(inputs.flip(-1))[:, 0].float()).flip(-1)
+                mirrored = _sigmoid_of(model, slices[..., ::-1], device, multiple)[..., ::-1]
                 probability = 0.5 * (probability + mirrored)
-            probabilities[chosen] = probability[:, :height, :width].cpu().numpy()
+            probabilities[chosen] = probability
     return probabilities
