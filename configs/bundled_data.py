@@ -1,13 +1,18 @@
 """Write the synthetic training data of the bundled models (the recipe behind configs/bundled_*.json).
 
-    python configs/bundled_data.py [--out data]
+    python configs/bundled_data.py [--out data] [--extended]
 
 - ``data/phantom-train``: 40 phantom studies (seed 1000), the breast model's dataset.
 - ``data/phantom-lesions-2000`` and ``-2001``: 50 studies each with 1-3 lesions.
 - ``data/phantom-lesions.csv``: every study of the three with a lesion (133), the dataset of configs/bundled_lesion.json
   and configs/lesion_2p5d.json; case ids are the studies' patient ids, unique across the folders.
+- With ``--extended`` also ``data/phantom-lesions-2002`` (25 studies with 1-3 lesions) and ``-2003`` (25 harder ones:
+  more non-mass enhancement, fainter lesions, stronger background enhancement), and
+  ``data/phantom-lesions-extended.csv``: the 133 and these 50, the dataset of configs/lesion_extended.json (an
+  experiment, not bundled).
 
-Seeds 9000 and up are never used here: benchmarks/accuracy.py holds them out. About 25 minutes on two cores.
+Seeds 9000 and up are never used here: benchmarks/accuracy.py holds them out, and operating_point.py tunes on seeds
+3000 and up. About 25 minutes on two cores (more on a busy machine), and 15 more with ``--extended``.
 """
 
 from __future__ import annotations
@@ -18,30 +23,46 @@ import json
 import sys
 from pathlib import Path
 
-from BreastSegmentationLib.data.datasets import load_dataset, write_manifest
+from BreastSegmentationLib.data.datasets import CaseRecord, load_dataset, write_manifest
 from BreastSegmentationLib.data.phantom import PhantomConfig, write_cases
 
 SETS = (("phantom-train", 40, 1000, PhantomConfig()),
         ("phantom-lesions-2000", 50, 2000, PhantomConfig(lesion_count_range=(1, 3))),
         ("phantom-lesions-2001", 50, 2001, PhantomConfig(lesion_count_range=(1, 3))))
+HARDER = PhantomConfig(lesion_count_range=(1, 3), lesion_conspicuity_range=(0.25, 1.5),
+                       lesion_type_probabilities={"round": 0.2, "lobulated": 0.2, "irregular": 0.3, "non_mass": 0.3},
+                       bpe_probabilities={"minimal": 0.2, "mild": 0.3, "moderate": 0.3, "marked": 0.2})
+EXTENDED_SETS = (("phantom-lesions-2002", 25, 2002, PhantomConfig(lesion_count_range=(1, 3))),
+                 ("phantom-lesions-2003", 25, 2003, HARDER))
 
 
 def has_lesions(case_folder: Path) -> bool:
     return bool(json.loads((case_folder / "case.json").read_text())["lesions"])
 
 
+def lesion_records(parent: Path, sets: tuple[tuple[str, int, int, PhantomConfig], ...]) -> list[CaseRecord]:
+    """Dataset records of every study with a lesion in ``sets`` under ``parent`` (writing missing sets first)."""
+    records = []
+    for name, cases, seed, config in sets:
+        folder = parent / name
+        if not folder.exists():
+            write_cases(folder, cases, seed, config)
+        records += [dataclasses.replace(record, case_id=record.patient_id)
+                    for record in load_dataset(folder) if has_lesions(Path(record.pre).parent)]
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data"), help="parent folder of the datasets (default data)")
+    parser.add_argument("--extended", action="store_true",
+                        help="also write the 50 studies of configs/lesion_extended.json and its manifest")
     args = parser.parse_args(argv)
-    lesion_records = []
-    for name, cases, seed, config in SETS:
-        folder = args.out / name
-        if not folder.exists():
-            write_cases(folder, cases, seed, config)
-        lesion_records += [dataclasses.replace(record, case_id=record.patient_id)
-                           for record in load_dataset(folder) if has_lesions(Path(record.pre).parent)]
-    print(write_manifest(lesion_records, args.out / "phantom-lesions.csv"), len(lesion_records), "studies")
+    bundled = lesion_records(args.out, SETS)
+    print(write_manifest(bundled, args.out / "phantom-lesions.csv"), len(bundled), "studies")
+    if args.extended:
+        extended = bundled + lesion_records(args.out, EXTENDED_SETS)
+        print(write_manifest(extended, args.out / "phantom-lesions-extended.csv"), len(extended), "studies")
     return 0
 
 
