@@ -26,13 +26,15 @@ from pathlib import Path
 from BreastSegmentationLib.data.datasets import CaseRecord, load_dataset, write_manifest
 from BreastSegmentationLib.data.phantom import PhantomConfig, write_cases
 
+WITH_LESIONS = PhantomConfig(lesion_count_range=(1, 3))
+HARDER = dataclasses.replace(
+    WITH_LESIONS, lesion_conspicuity_range=(0.25, 1.5),
+    lesion_type_probabilities={"round": 0.2, "lobulated": 0.2, "irregular": 0.3, "non_mass": 0.3},
+    bpe_probabilities={"minimal": 0.2, "mild": 0.3, "moderate": 0.3, "marked": 0.2})
 SETS = (("phantom-train", 40, 1000, PhantomConfig()),
-        ("phantom-lesions-2000", 50, 2000, PhantomConfig(lesion_count_range=(1, 3))),
-        ("phantom-lesions-2001", 50, 2001, PhantomConfig(lesion_count_range=(1, 3))))
-HARDER = PhantomConfig(lesion_count_range=(1, 3), lesion_conspicuity_range=(0.25, 1.5),
-                       lesion_type_probabilities={"round": 0.2, "lobulated": 0.2, "irregular": 0.3, "non_mass": 0.3},
-                       bpe_probabilities={"minimal": 0.2, "mild": 0.3, "moderate": 0.3, "marked": 0.2})
-EXTENDED_SETS = (("phantom-lesions-2002", 25, 2002, PhantomConfig(lesion_count_range=(1, 3))),
+        ("phantom-lesions-2000", 50, 2000, WITH_LESIONS),
+        ("phantom-lesions-2001", 50, 2001, WITH_LESIONS))
+EXTENDED_SETS = (("phantom-lesions-2002", 25, 2002, WITH_LESIONS),
                  ("phantom-lesions-2003", 25, 2003, HARDER))
 
 
