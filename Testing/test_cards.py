@@ -123,6 +123,11 @@ def test_save_refuses_a_model_that_does_not_match_its_card_and_leaves_nothing(tm
     ({"test_time_mirroring": "yes"}, "test_time_mirroring"),
     ({"sha256": "abc"}, "sha256"),
     ({"weights": "../elsewhere.safetensors"}, "file name beside the card"),
+    ({"weights": ["a.safetensors", "b.safetensors"]}, "lists of the same, non-zero length"),
+    ({"weights": ["a.safetensors", "a.safetensors"], "sha256": ["0" * 64, "1" * 64]}, "must be distinct"),
+    ({"weights": ["a.safetensors", "b.pt"], "sha256": ["0" * 64, "1" * 64]}, "file name beside the card"),
+    ({"weights": ["a.safetensors"], "sha256": ["0" * 63]}, "64 lowercase"),
+    ({"weights": [], "sha256": []}, "non-zero length"),
     ({"format_version": 99}, "newer"),
 ])
 def test_invalid_cards_are_input_errors_naming_the_file(saved: tuple[torch.nn.Module, Path], change: dict,

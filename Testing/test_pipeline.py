@@ -245,3 +245,27 @@ def test_many_studies_one_failing_is_reported_and_the_others_go_on(tmp_path, stu
     assert status["good"][0] == "ok" and status["flat"][0] == "bad input" and "2-D" in status["flat"][1]
     assert all((out / "good" / name).is_file() for name in OUTPUT_FILES)
     assert not (out / "flat").exists()
+
+
+def test_an_ensemble_lesion_card_runs_the_mean_of_its_networks(tmp_path, rng):
+    """Two constant lesion networks (logits 5 and -5: 0.993 and 0.007) as one ensemble card beside the breast
+    model: the lesion probability is their mean, 0.5, which the first card's threshold 0.4 keeps."""
+    members = [write_models(tmp_path / name, 5.0, logit) / "bls.json" for name, logit in (("a", 5.0), ("b", -5.0))]
+    for folder in ("a", "b"):  # distinct weights file names, as two training runs of distinct names give
+        card = ModelCard.from_json(tmp_path / folder / "bls.json")
+        (tmp_path / folder / "bls.safetensors").rename(tmp_path / folder / f"bls_{folder}.safetensors")
+        card.weights = f"bls_{folder}.safetensors"
+        card.threshold = 0.4
+        card.to_json(tmp_path / folder / "bls.json")
+    folder = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
+    for name in ("bls.json", "bls.safetensors"):
+        (folder / name).unlink()
+    assert main(["--progress", "none", "ensemble", *map(str, members), "--name", "bls_ab", "--out", str(folder)]) == 0
+    models = load_models(folder, "cpu")
+    assert len(models.lesion.networks) == 2 and len(models.breast.networks) == 1
+    result = segment_images(*study_images(rng), models)
+    probability = sitk.GetArrayFromImage(result.probability)
+    assert np.allclose(probability[probability > 0], 0.5, atol=1e-3)
+    assert sitk.GetArrayFromImage(result.lesions).all()
+    recorded = [card for card in models.cards() if card["task"] == "lesion"][0]
+    assert json.loads(json.dumps(recorded))["weights"] == ["bls_a.safetensors", "bls_b.safetensors"]

@@ -1,4 +1,4 @@
-"""Slice-wise inference: chosen slices only, padding, and test-time mirroring."""
+"""Slice-wise inference: chosen slices only, padding, test-time mirroring and ensembles."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ from BreastSegmentationLib.inference.runtime import predict_slices
 
 
 class LeftHeavy(torch.nn.Module):
-    """Logits = first channel + a ramp that falls from left to right: a network that is not mirror-symmetric."""
+    """Logits = first channel + a ramp that falls from left to right (+ ``offset``): not mirror-symmetric."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        super().__init__()
+        self.offset = offset
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         ramp = torch.linspace(2.0, -2.0, inputs.shape[-1], dtype=inputs.dtype)
-        return inputs[:, :1] + ramp
+        return inputs[:, :1] + ramp + self.offset
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
@@ -22,7 +26,7 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
 
 def test_only_the_chosen_slices_are_predicted_and_padding_is_cut_away(rng):
     channels = rng.normal(size=(1, 5, 20, 50)).astype(np.float32)  # 50 is padded to 64 for the network
-    probabilities = predict_slices(LeftHeavy(), channels, [1, 3], torch.device("cpu"), batch_size=1)
+    probabilities = predict_slices([LeftHeavy()], channels, [1, 3], torch.device("cpu"), batch_size=1)
     ramp = np.linspace(2.0, -2.0, 64)[:50]
     assert probabilities.shape == (5, 20, 50)
     assert not probabilities[[0, 2, 4]].any()
@@ -31,9 +35,21 @@ def test_only_the_chosen_slices_are_predicted_and_padding_is_cut_away(rng):
 
 def test_mirroring_averages_each_slice_with_its_mirror_image_mirrored_back(rng):
     channels = rng.normal(size=(1, 3, 16, 40)).astype(np.float32)
-    probabilities = predict_slices(LeftHeavy(), channels, range(3), torch.device("cpu"), mirror=True)
+    probabilities = predict_slices([LeftHeavy()], channels, range(3), torch.device("cpu"), mirror=True)
     ramp = np.linspace(2.0, -2.0, 64)[:40]  # 40 columns padded to 64 on the right, in both views
     # Mirrored back, the mirror view's ramp runs the other way.
     expected = 0.5 * (sigmoid(channels[0] + ramp) + sigmoid(channels[0] + ramp[::-1]))
     assert np.allclose(probabilities, expected, atol=1e-5)
-    assert not np.allclose(probabilities, predict_slices(LeftHeavy(), channels, range(3), torch.device("cpu")))
+    assert not np.allclose(probabilities, predict_slices([LeftHeavy()], channels, range(3), torch.device("cpu")))
+
+
+def test_an_ensemble_averages_the_probabilities_of_its_networks_in_both_views(rng):
+    channels = rng.normal(size=(1, 4, 16, 40)).astype(np.float32)
+    networks = [LeftHeavy(), LeftHeavy(offset=-3.0)]
+    probabilities = predict_slices(networks, channels, range(4), torch.device("cpu"), batch_size=3, mirror=True)
+    ramp = np.linspace(2.0, -2.0, 64)[:40]
+    expected = np.mean([sigmoid(channels[0] + r + offset) for r in (ramp, ramp[::-1]) for offset in (0.0, -3.0)],
+                       axis=0)
+    assert np.allclose(probabilities, expected, atol=1e-5)
+    alone = [predict_slices([network], channels, range(4), torch.device("cpu"), mirror=True) for network in networks]
+    assert np.allclose(probabilities, 0.5 * (alone[0] + alone[1]), atol=1e-6)

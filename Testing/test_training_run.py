@@ -20,7 +20,7 @@ from BreastSegmentationLib.data.phantom import write_cases
 from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_checked
 from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
-from BreastSegmentationLib.models.cards import load_model
+from BreastSegmentationLib.models.cards import load_model, load_networks
 from BreastSegmentationLib.models.registry import ARCHITECTURES
 from BreastSegmentationLib.resources import bundled_models_dir
 from BreastSegmentationLib.training.config import config_from_dict, load_config
@@ -109,8 +109,10 @@ BUNDLED_LESION_CARD = bundled_models_dir() / "lesion_unet_small.json"
 
 
 def test_initial_model_starts_training_from_its_weights(tmp_path, phantom_lesion_manifest):
-    """Fine-tuning the bundled lesion model: with a learning rate of 0 its weights come out unchanged."""
-    bundled, card = load_model(BUNDLED_LESION_CARD)
+    """Fine-tuning the bundled lesion model, an ensemble, starts from its first network: with a learning rate of 0
+    that network's weights come out unchanged."""
+    networks, card = load_networks(BUNDLED_LESION_CARD)
+    bundled = networks[0]
     config = write_config(tmp_path, phantom_lesion_manifest, inputs=card.inputs, initial_model=str(BUNDLED_LESION_CARD),
                           preprocessing={"spacing_mm": [2.5, 2.5], "subtraction": True, "enhancement": True},
                           optimisation={"epochs": 1, "batch_size": 8, "learning_rate": 0.0})

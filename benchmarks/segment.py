@@ -3,7 +3,7 @@
     python benchmarks/segment.py [--models DIR] [--threads 2] [--repeats 2] [--out segment.json]
 
 Measured side by side in one run: the whole job (read -> segment -> lesion table -> outputs written) and the bare
-forward passes of the two networks it contains (same slices, same batch size). Prints the end-to-end time, the
+forward passes of the networks it contains (same slices, same batch size; every member of an ensemble). Prints the end-to-end time, the
 forward-pass time, their ratio (target <= 1.25), and the peak resident memory of this process (target <= 4 GB).
 With CUDA present the same figures are printed for the GPU. Asserts nothing.
 """
@@ -39,13 +39,14 @@ def write_study(folder: Path, seed: int) -> tuple[Path, Path]:
 
 
 def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]]) -> float:
-    """The two networks alone on inputs of exactly the shapes the pipeline gave them (drawn before the clock starts:
-    drawing them takes about a second here), with the test-time mirroring their cards ask for."""
+    """The networks alone (every member of an ensemble) on inputs of exactly the shapes the pipeline gave them
+    (drawn before the clock starts: drawing them takes about a second here), with the test-time mirroring their
+    cards ask for."""
     rng = np.random.default_rng(0)
     inputs = {task: rng.normal(size=shape).astype(np.float32) for task, shape in network_inputs.items()}
     started = time.perf_counter()
     for task, model in (("breast", models.breast), ("lesion", models.lesion)):
-        predict_slices(model.network, inputs[task], range(inputs[task].shape[1]), models.device,
+        predict_slices(model.networks, inputs[task], range(inputs[task].shape[1]), models.device,
                        mirror=model.card.test_time_mirroring)
     if models.device.type == "cuda":
         torch.cuda.synchronize()

@@ -19,8 +19,8 @@ from ..progress import Cancelled
 from .console import make_progress
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "segment", "inspect", "evaluate", "phantom", "train", "models", "carbon",
-                                   "experiment")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "segment", "inspect", "evaluate", "phantom", "train", "ensemble", "models",
+                                   "carbon", "experiment")
 
 log = logging.getLogger("breastseg")
 

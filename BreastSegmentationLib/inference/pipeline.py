@@ -33,7 +33,7 @@ from ..data.preprocessing import (
 from ..errors import InputError
 from ..io.images import align_post_to_pre, as_float32, reorient_to_ras, resample_like
 from ..io.registration import Motion, correct_motion
-from ..models.cards import ModelCard, find_cards, load_model
+from ..models.cards import ModelCard, find_cards, load_networks
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
 from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask
@@ -56,9 +56,9 @@ def rounded_probability(probability: sitk.Image) -> sitk.Image:
 
 @dataclass
 class LoadedModel:
-    """A network in eval mode with the card that describes it."""
+    """The networks of a card (one, or an ensemble's members) in eval mode with the card that describes them."""
 
-    network: torch.nn.Module
+    networks: list[torch.nn.Module]
     card: ModelCard
     card_path: Path
 
@@ -95,8 +95,8 @@ def load_models(folder: str | Path | None = None, device: str = "auto") -> Model
         if len(paths) != 1:
             found = ", ".join(p.name for p in paths) or "none"
             raise InputError(f"exactly one {task} model card is needed in the model folder (found: {found})", folder)
-        network, card = load_model(paths[0], torch_device)
-        loaded[task] = LoadedModel(network.to(memory_format=torch.channels_last), card, paths[0])
+        networks, card = load_networks(paths[0], torch_device)
+        loaded[task] = LoadedModel([n.to(memory_format=torch.channels_last) for n in networks], card, paths[0])
     return ModelSet(loaded["breast"], loaded["lesion"], torch_device)
 
 
@@ -136,7 +136,7 @@ def _predict_breast(models: ModelSet, prepared: PreparedCase, options: Segmentat
     (C, z, y, x) shape the network ran on."""
     model = models.breast
     channels = select_channels(prepared, model.card.inputs).image
-    probability = predict_slices(model.network, channels, range(channels.shape[1]), models.device,
+    probability = predict_slices(model.networks, channels, range(channels.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="breast region",
                                  mirror=model.card.test_time_mirroring)
     return prepared.grid.image(probability), channels.shape
@@ -162,7 +162,7 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
     the network ran on."""
     model = models.lesion
     box, cropped = lesion_input(prepared, breast, model.card.inputs, model.crop)
-    probability = predict_slices(model.network, cropped, range(cropped.shape[1]), models.device,
+    probability = predict_slices(model.networks, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions",
                                  mirror=model.card.test_time_mirroring)
     return box, probability, cropped.shape

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.transforms import MeanEnsemble
 
 from ..errors import InputError
 from ..progress import Progress, silent
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+MEAN = MeanEnsemble()
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -56,8 +58,19 @@ def _sigmoid_of(model: torch.nn.Module, slices: np.ndarray, device: torch.device
     return torch.sigmoid(model(inputs)[:, 0, :height, :width].float()).cpu().numpy()
 
 
+def _mean_probability(networks: Sequence[torch.nn.Module], slices: np.ndarray, device: torch.device, multiple: int,
+                      mirror: bool) -> np.ndarray:
+    """Mean sigmoid probability of every network on a (N, C, y, x) batch and, with ``mirror``, on its left-right
+    mirror image too (mirrored back): MONAI's MeanEnsemble over networks and views."""
+    views = [_sigmoid_of(network, slices, device, multiple) for network in networks]
+    if mirror:
+        views += [np.ascontiguousarray(_sigmoid_of(network, slices[..., ::-1], device, multiple)[..., ::-1])
+                  for network in networks]
+    return views[0] if len(views) == 1 else MEAN(views)
+
+
 def predict_slices(
-    model: torch.nn.Module,
+    networks: Sequence[torch.nn.Module],
     channels: np.ndarray,
     slice_indices: Sequence[int],
     device: torch.device,
@@ -67,26 +80,24 @@ def predict_slices(
     stage: str = "inference",
     mirror: bool = False,
 ) -> np.ndarray:
-    """Sigmoid probabilities of a 2-D model on chosen axial slices of a (C, z, y, x) volume.
+    """Sigmoid probabilities of a 2-D model (one network, or the mean of an ensemble's) on chosen axial slices of a
+    (C, z, y, x) volume.
 
     Slices not asked for stay 0, which is how the pipeline skips slices without breast. Written here rather
     than with MONAI's SliceInferer because that one runs every slice of the volume. ``mirror`` is nnU-Net's
     test-time mirroring, left-right only (the one flip the models were trained with; x is the last axis): the mean
     of the probabilities of each slice and of its mirror image, mirrored back. Each view is padded on the same side
-    (right and bottom), so both show the network the tissue as the first does. It costs a second forward pass and
-    removes most false positives of the lesion model, which a network seldom makes in both views.
+    (right and bottom), so both show the network the tissue as the first does. It costs a second forward pass per
+    network and removes most false positives of the lesion model, which a network seldom makes in both views.
     """
     progress = progress or silent()
     probabilities = np.zeros(channels.shape[1:], dtype=np.float32)
     indices = list(slice_indices)
-    model.eval()
+    for network in networks:
+        network.eval()
     with torch.inference_mode():
         for start in progress.track(range(0, len(indices), batch_size), stage):
             chosen = indices[start:start + batch_size]
             slices = np.moveaxis(channels[:, chosen], 1, 0)
-            probability = _sigmoid_of(model, slices, device, multiple)
-            if mirror:
-                mirrored = _sigmoid_of(model, slices[..., ::-1], device, multiple)[..., ::-1]
-                probability = 0.5 * (probability + mirrored)
-            probabilities[chosen] = probability
+            probabilities[chosen] = _mean_probability(networks, slices, device, multiple, mirror)
     return probabilities

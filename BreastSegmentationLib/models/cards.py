@@ -3,7 +3,8 @@
 ``<name>.json`` names the architecture and its options, the input channels in order, the preprocessing,
 the threshold, the weights file and its SHA-256, how the model was trained and how it scored. Weights are
 loaded without pickle (safetensors) and only after their SHA-256 matches the card, so a missing, truncated
-or replaced file is an :class:`InputError`, never a silently wrong segmentation.
+or replaced file is an :class:`InputError`, never a silently wrong segmentation. A card may list several weights
+files of its one architecture (an ensemble, :mod:`.ensemble`): inference averages their probabilities.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class ModelCard:
     min_lesion_peak: float | None = None
     #: average each slice's prediction with that of its left-right mirror image (a second forward pass)
     test_time_mirroring: bool = False
-    weights: str = ""
-    sha256: str = ""
+    #: the safetensors file beside the card, or a list of them: an ensemble whose networks' probabilities are averaged
+    weights: str | list[str] = ""
+    #: the SHA-256 of ``weights``: one digest, or a list in the order of the files
+    sha256: str | list[str] = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
@@ -120,10 +123,26 @@ class ModelCard:
             raise InputError(f"architecture_kwargs in_channels={in_channels} but {len(self.inputs)} inputs are listed")
 
     def _check_weights(self) -> None:
-        if self.weights and (Path(self.weights).name != self.weights or not self.weights.endswith(WEIGHTS_SUFFIX)):
-            raise InputError(f"weights must be a '{WEIGHTS_SUFFIX}' file name beside the card, not {self.weights!r}")
-        if self.sha256 and not (isinstance(self.sha256, str) and _SHA256.fullmatch(self.sha256)):
-            raise InputError(f"sha256 must be 64 lowercase hexadecimal digits, not {self.sha256!r}")
+        names, digests = self.weights, self.sha256
+        if isinstance(names, list) or isinstance(digests, list):
+            if not (isinstance(names, list) and isinstance(digests, list) and len(names) == len(digests) >= 1):
+                raise InputError("an ensemble's weights and sha256 must be lists of the same, non-zero length")
+            if len(set(names)) != len(names):
+                raise InputError(f"the weights files of an ensemble must be distinct, not {names!r}")
+        elif not isinstance(names, str) or not isinstance(digests, str):
+            raise InputError("weights and sha256 must be text, or lists of text for an ensemble")
+        for name, digest in zip(*(item if isinstance(item, list) else [item] for item in (names, digests))):
+            if not isinstance(name, str) or (name and (Path(name).name != name or not name.endswith(WEIGHTS_SUFFIX))):
+                raise InputError(f"weights must be a '{WEIGHTS_SUFFIX}' file name beside the card, not {name!r}")
+            if not isinstance(digest, str) or (digest and not _SHA256.fullmatch(digest)):
+                raise InputError(f"sha256 must be 64 lowercase hexadecimal digits, not {digest!r}")
+
+    @property
+    def members(self) -> list[tuple[str, str]]:
+        """(weights file, SHA-256) of each network: one pair, or one per network of an ensemble."""
+        if isinstance(self.weights, list):
+            return list(zip(self.weights, self.sha256))
+        return [(self.weights, self.sha256)]
 
     def build(self) -> nn.Module:
         """A freshly initialised network of this card's architecture, options and input count."""
@@ -199,28 +218,25 @@ def save_model(model: nn.Module, card: ModelCard, folder: str | os.PathLike) -> 
     return folder / f"{card.name}.json"
 
 
-def _weights_of(card: ModelCard, card_path: Path) -> Path:
-    """The checked weights file of a card: present and matching the card's SHA-256."""
-    if not card.weights or not card.sha256:
+def checked_weights(weights: str, sha256: str, card_path: Path) -> Path:
+    """A weights file named by the card at ``card_path``: present beside it and matching its SHA-256."""
+    if not weights or not sha256:
         raise InputError("model card names no weights file or SHA-256", card_path)
-    weights_path = card_path.parent / card.weights
+    weights_path = card_path.parent / weights
     if not weights_path.is_file():
         raise InputError(f"weights file named by {card_path.name} is missing", weights_path)
     digest = sha256_file(weights_path)
-    if digest != card.sha256:
+    if digest != sha256:
         raise InputError(
-            f"SHA-256 of the weights ({digest}) differs from the one in {card_path.name} ({card.sha256}): "
+            f"SHA-256 of the weights ({digest}) differs from the one in {card_path.name} ({sha256}): "
             "the file is truncated, corrupted or was replaced",
             weights_path,
         )
     return weights_path
 
 
-def load_model(card_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """The model of a card, weights checked and loaded (safetensors, no pickle), in eval mode on ``device``."""
-    card_path = Path(card_path)
-    card = ModelCard.from_json(card_path)
-    weights_path = _weights_of(card, card_path)
+def _network(card: ModelCard, card_path: Path, weights_path: Path) -> nn.Module:
+    """A network of the card's architecture with the weights of ``weights_path`` (safetensors, no pickle)."""
     try:
         model = card.build()
     except InputError as error:
@@ -229,7 +245,27 @@ def load_model(card_path: str | os.PathLike, device: str | torch.device = "cpu")
         safetensors.torch.load_model(model, weights_path, strict=True)
     except (SafetensorError, RuntimeError) as error:
         raise InputError(f"weights do not fit architecture {card.architecture!r}: {error}", weights_path) from error
-    return model.to(device).eval(), card
+    return model
+
+
+def load_networks(card_path: str | os.PathLike,
+                  device: str | torch.device = "cpu") -> tuple[list[nn.Module], ModelCard]:
+    """Every network of a card (one, or the members of an ensemble), each file checked against its SHA-256 before
+    any is loaded, in eval mode on ``device``."""
+    card_path = Path(card_path)
+    card = ModelCard.from_json(card_path)
+    paths = [checked_weights(weights, sha256, card_path) for weights, sha256 in card.members]
+    return [_network(card, card_path, path).to(device).eval() for path in paths], card
+
+
+def load_model(card_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """The one network of a card, weights checked and loaded (safetensors, no pickle), in eval mode on ``device``;
+    an ensemble card is an :class:`InputError` here (:func:`load_networks` loads it)."""
+    networks, card = load_networks(card_path, device)
+    if len(networks) != 1:
+        raise InputError(f"the card is an ensemble of {len(networks)} networks, where one network is needed",
+                         card_path)
+    return networks[0], card
 
 
 def _is_card(path: Path) -> bool:

@@ -35,7 +35,7 @@ from ..evaluation.carbon import EnergyMeter
 from ..evaluation.lesions import match_lesions
 from ..evaluation.metrics import segmentation_metrics
 from ..inference.runtime import predict_slices, resolve_device
-from ..models.cards import ModelCard, load_model, save_model
+from ..models.cards import ModelCard, load_model, load_networks, save_model
 from ..models.registry import build_model
 from ..progress import Progress, silent
 from ..reports.curves import plot_loss_curves
@@ -141,7 +141,7 @@ def predict_case(model: torch.nn.Module, dataset: SliceDataset, case: PreparedCa
     """Probabilities on ``case``'s prepared grid for the slices (and crop) the dataset's approach uses."""
     case_index = dataset.case_ids.index(case.case_id)
     images = np.moveaxis(dataset.images[case_index], 0, 1).astype(np.float32)  # (C, N, H, W): slices as a volume
-    probabilities = predict_slices(model, images, range(images.shape[1]), device)
+    probabilities = predict_slices([model], images, range(images.shape[1]), device)
     box = dataset.boxes.get(case.case_id)
     rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
     volume = np.zeros(case.shape, dtype=np.float32)
@@ -217,11 +217,15 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The weights of ``config.initial_model`` (checked against its card's SHA-256), None without one.
 
     Read before the hours of data preparation, so that a wrong card fails at once; the card must describe the same
-    task, network and inputs as the configuration, or its weights would not mean what the new training assumes.
+    task, network and inputs as the configuration, or its weights would not mean what the new training assumes. An
+    ensemble card starts training from its first network (the bundled lesion ensemble's others are fine-tunings of it).
     """
     if config.initial_model is None:
         return None
-    network, card = load_model(config.initial_model)
+    networks, card = load_networks(config.initial_model)
+    if len(networks) > 1:
+        log.info("initial_model is an ensemble of %d networks: training starts from the first, %s",
+                 len(networks), card.members[0][0])
     mismatched = [key for key, ours, theirs in (
         ("task", config.task, card.task), ("architecture", config.architecture, card.architecture),
         ("architecture_options", dict(config.architecture_options), dict(card.architecture_kwargs)),
@@ -229,7 +233,7 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     if mismatched:
         raise InputError(f"initial_model differs from the configuration in {', '.join(mismatched)}: its weights "
                          "cannot start this network", config.initial_model)
-    return network.state_dict()
+    return networks[0].state_dict()
 
 
 def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
