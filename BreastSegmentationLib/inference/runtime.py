@@ -50,22 +50,24 @@ def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, tupl
     return batch, (height, width)
 
 
-def _sigmoid_of(model: torch.nn.Module, slices: np.ndarray, device: torch.device, multiple: int) -> np.ndarray:
-    """Sigmoid of the model's first output on a (N, C, y, x) batch, zero-padded for the network and cut back."""
+def _sigmoids_of(networks: Sequence[torch.nn.Module], slices: np.ndarray, device: torch.device,
+                 multiple: int) -> list[np.ndarray]:
+    """Sigmoid of each network's first output on one (N, C, y, x) batch, zero-padded for the networks once and cut
+    back."""
     batch, (height, width) = _pad_to_multiple(slices, multiple)
     inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return torch.sigmoid(model(inputs)[:, 0, :height, :width].float()).cpu().numpy()
+    return [torch.sigmoid(network(inputs)[:, 0, :height, :width].float()).cpu().numpy() for network in networks]
 
 
 def _mean_probability(networks: Sequence[torch.nn.Module], slices: np.ndarray, device: torch.device, multiple: int,
                       mirror: bool) -> np.ndarray:
     """Mean sigmoid probability of every network on a (N, C, y, x) batch and, with ``mirror``, on its left-right
     mirror image too (mirrored back): MONAI's MeanEnsemble over networks and views."""
-    views = [_sigmoid_of(network, slices, device, multiple) for network in networks]
+    views = _sigmoids_of(networks, slices, device, multiple)
     if mirror:
-        views += [np.ascontiguousarray(_sigmoid_of(network, slices[..., ::-1], device, multiple)[..., ::-1])
-                  for network in networks]
+        views += [np.ascontiguousarray(view[..., ::-1])
+                  for view in _sigmoids_of(networks, slices[..., ::-1], device, multiple)]
     return views[0] if len(views) == 1 else MEAN(views)
 
 

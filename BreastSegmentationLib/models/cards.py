@@ -131,7 +131,7 @@ class ModelCard:
                 raise InputError(f"the weights files of an ensemble must be distinct, not {names!r}")
         elif not isinstance(names, str) or not isinstance(digests, str):
             raise InputError("weights and sha256 must be text, or lists of text for an ensemble")
-        for name, digest in zip(*(item if isinstance(item, list) else [item] for item in (names, digests))):
+        for name, digest in self.members:
             if not isinstance(name, str) or (name and (Path(name).name != name or not name.endswith(WEIGHTS_SUFFIX))):
                 raise InputError(f"weights must be a '{WEIGHTS_SUFFIX}' file name beside the card, not {name!r}")
             if not isinstance(digest, str) or (digest and not _SHA256.fullmatch(digest)):
