@@ -11,9 +11,9 @@ from ..progress import Progress
 DESCRIPTION = f"""\
 Write NAME.json into OUT with copies of the weights of every CARD: an ensemble that 'breastseg segment --models OUT'
 runs as one model, averaging the networks' probabilities (as nnU-Net averages its folds). The cards must agree in
-{', '.join(SHARED_KEYS)}; threshold, lesion cleaning and mirroring are the first card's. Every weights file is
-checked against its card's SHA-256 before anything is written. Put a breast model card into OUT as well to use it
-with 'segment'. Example:
+  {', '.join(SHARED_KEYS)};
+threshold, lesion cleaning and mirroring are the first card's. Every weights file is checked against its card's
+SHA-256 before anything is written. Put a breast model card into OUT as well to use it with 'segment'. Example:
   breastseg ensemble runs/a/model/a.json runs/b/model/b.json --name lesion_ab --out my_models"""
 
 
