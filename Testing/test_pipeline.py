@@ -269,3 +269,18 @@ def test_an_ensemble_lesion_card_runs_the_mean_of_its_networks(tmp_path, rng):
     assert sitk.GetArrayFromImage(result.lesions).all()
     recorded = [card for card in models.cards() if card["task"] == "lesion"][0]
     assert json.loads(json.dumps(recorded))["weights"] == ["bls_a.safetensors", "bls_b.safetensors"]
+
+
+def test_the_demo_finds_the_sample_lesion_with_the_bundled_models(tmp_path, capsys):
+    """The README's first command: every output, the bundled models find the sample's one lesion and nothing else (a
+    broken or swapped weights file would fail here), and the summary records every weights file with its SHA-256."""
+    assert main(["--progress", "none", "demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(OUTPUT_FILES + ("metrics.json", "lesion_matches.csv")) == sorted(
+        p.name for p in (tmp_path / "demo").iterdir())
+    assert (printed["lesions_detected"], printed["false_positive_lesions"], printed["lesion_count"]) == (1, 0, 1)
+    assert printed["dice"] > 0.7
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    recorded = {card["task"]: card for card in summary["models"]}
+    bundled = ModelCard.from_json(Path(recorded["lesion"]["path"]))
+    assert (recorded["lesion"]["weights"], recorded["lesion"]["sha256"]) == (bundled.weights, bundled.sha256)
