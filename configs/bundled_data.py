@@ -8,8 +8,8 @@
   and configs/lesion_2p5d.json; case ids are the studies' patient ids, unique across the folders.
 - With ``--extended`` also ``data/phantom-lesions-2002`` (25 studies with 1-3 lesions) and ``-2003`` (25 harder ones:
   more non-mass enhancement, fainter lesions, stronger background enhancement), and
-  ``data/phantom-lesions-extended.csv``: the 133 and these 50, the dataset of configs/lesion_extended.json (an
-  experiment, not bundled).
+  ``data/phantom-lesions-extended.csv``: the 133 and these 50, the dataset of configs/lesion_extended.json (the
+  second network of the bundled lesion ensemble).
 
 Seeds 9000 and up are never used here: benchmarks/accuracy.py holds them out, and operating_point.py tunes on seeds
 3000 and up. About 25 minutes on two cores (more on a busy machine), and 15 more with ``--extended``.
