@@ -278,7 +278,7 @@ def test_linear_resampling_follows_physical_points(oblique_image: sitk.Image):
         assert resampled[index] == pytest.approx(2 * x - y + 0.5 * z + 7, abs=1e-3)
     outside = sitk.Image(4, 4, 4, sitk.sitkFloat32)
     outside.SetOrigin((500.0, 500.0, 500.0))
-    assert sitk.GetArrayViewFromImage(resample_like(ramp, outside)).max() == 0.0
+    assert sitk.GetArrayFromImage(resample_like(ramp, outside)).max() == 0.0
 
 
 def test_nearest_neighbour_resampling_keeps_masks_binary(oblique_image: sitk.Image):
@@ -320,6 +320,42 @@ def test_physical_overlap_is_exact_for_rotated_boxes():
     turned = cube(10, origin=tuple(centre - rotation @ centre), direction=rotation)
     octagon_fraction = 2 * (np.sqrt(2) - 1)
     assert physical_overlap(cube(10), turned) == pytest.approx(octagon_fraction, rel=1e-9)
+
+
+def whole_grid_resample(image: sitk.Image, reference: sitk.Image, interpolator: int, pixel_type: int) -> sitk.Image:
+    """SimpleITK's resampling of every voxel of ``reference``: what resample_like must equal."""
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, pixel_type)
+
+
+def a_crop_of(image: sitk.Image, start: tuple[int, int, int], size: tuple[int, int, int]) -> sitk.Image:
+    """A block of ``image`` turned by 15 degrees about its first voxel: a crop that is not on the reference's grid."""
+    crop = sitk.RegionOfInterest(image, size, start)
+    crop.SetDirection(tuple((rotation_about_z(15.0) @ np.asarray(image.GetDirection()).reshape(3, 3)).ravel()))
+    return crop
+
+
+@pytest.mark.parametrize("start, size", [((3, 4, 1), (6, 5, 4)), ((0, 0, 0), (13, 11, 7)), ((9, 8, 5), (4, 3, 2))])
+def test_resample_like_interpolates_only_the_covered_block_and_matches_the_whole_grid(
+        oblique_image: sitk.Image, start, size):
+    crop = a_crop_of(oblique_image, start, size)
+    labels = sitk.Cast(crop > 100.0, sitk.sitkUInt16) * 7
+    resampled = resample_like(crop, oblique_image)
+    relabelled = resample_like(labels, oblique_image, is_mask=True)
+    expected = whole_grid_resample(crop, oblique_image, sitk.sitkLinear, sitk.sitkFloat32)
+    expected_labels = whole_grid_resample(labels, oblique_image, sitk.sitkNearestNeighbor, sitk.sitkUInt16)
+    assert same_geometry(resampled, oblique_image, tolerance=0.0) and resampled.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(expected), atol=1e-3)
+    assert relabelled.GetPixelID() == sitk.sitkUInt16
+    assert np.array_equal(sitk.GetArrayFromImage(relabelled), sitk.GetArrayFromImage(expected_labels))
+    assert sitk.GetArrayViewFromImage(resampled).any()
+
+
+def test_resample_like_gives_zeros_where_the_image_is_far_away(oblique_image: sitk.Image):
+    far = sitk.Image(oblique_image)
+    far.SetOrigin((500.0, 500.0, 500.0))
+    resampled = resample_like(far, oblique_image)
+    assert same_geometry(resampled, oblique_image, tolerance=0.0)
+    assert not sitk.GetArrayViewFromImage(resampled).any()
 
 
 def test_align_post_to_pre_returns_post_itself_on_the_same_grid(oblique_image: sitk.Image):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
+
 import numpy as np
+import pytest
 import torch
 
-from BreastSegmentationLib.inference.runtime import predict_slices
+from BreastSegmentationLib.inference.runtime import configure_cpu_memory, predict_slices
 
 
 class LeftHeavy(torch.nn.Module):
@@ -53,3 +58,35 @@ def test_an_ensemble_averages_the_probabilities_of_its_networks_in_both_views(rn
     assert np.allclose(probabilities, expected, atol=1e-5)
     alone = [predict_slices([network], channels, range(4), torch.device("cpu"), mirror=True) for network in networks]
     assert np.allclose(probabilities, 0.5 * (alone[0] + alone[1]), atol=1e-6)
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h): what the allocator holds, in bytes."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_state() -> MallInfo2:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()
+
+
+def glibc_version() -> tuple[int, ...]:
+    library, version = platform.libc_ver()
+    return tuple(int(part) for part in version.split(".")) if library == "glibc" else ()
+
+
+@pytest.mark.skipif(glibc_version() < (2, 33), reason="mallinfo2 needs glibc 2.33 or later")
+def test_cpu_memory_settings_keep_large_freed_blocks_for_reuse(monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    size = 64 * 2**20  # above glibc's largest automatic memory-map threshold (32 MB)
+    assert configure_cpu_memory()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    before = malloc_state()
+    block = np.ones(size, dtype=np.uint8)
+    during = malloc_state()
+    assert during.hblkhd == before.hblkhd  # served from the heap, not from a memory map of its own
+    del block
+    assert malloc_state().fordblks >= size  # freed, and kept in the process rather than handed back

@@ -24,7 +24,11 @@ import torch
 
 from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.inference.pipeline import ModelSet, load_models
-from BreastSegmentationLib.inference.runtime import configure_cpu_threads, predict_slices
+from BreastSegmentationLib.inference.runtime import (
+    configure_cpu_memory,
+    configure_cpu_threads,
+    predict_slices,
+)
 from BreastSegmentationLib.inference.study import segment_study, study_from_files
 
 SHAPE = (352, 352, 150)
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=9100)
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    configure_cpu_memory()
     configure_cpu_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     results = {}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import InputError
+from ..inference.runtime import configure_cpu_memory
 from ..progress import Cancelled
 from .console import make_progress
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``breastseg`` with ``argv``; return the exit code."""
+    configure_cpu_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

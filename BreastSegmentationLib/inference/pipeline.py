@@ -21,6 +21,7 @@ import torch
 
 from ..data.crops import CropBox, ov_crop_box
 from ..data.preprocessing import (
+    Grid,
     PreparedCase,
     PreprocessConfig,
     channel_stack,
@@ -31,7 +32,7 @@ from ..data.preprocessing import (
     uses_excess,
 )
 from ..errors import InputError
-from ..io.images import align_post_to_pre, as_float32, reorient_to_ras, resample_like
+from ..io.images import align_post_to_pre, as_float32, cut_to_mask, reorient_to_ras, resample_like
 from ..io.registration import Motion, correct_motion
 from ..models.cards import ModelCard, find_cards, load_networks
 from ..progress import Progress, silent
@@ -47,9 +48,12 @@ PROBABILITY_STEP = 1e-3
 
 
 def rounded_probability(probability: sitk.Image) -> sitk.Image:
-    """``probability`` rounded to :data:`PROBABILITY_STEP` (Float32, same grid)."""
-    array = np.round(sitk.GetArrayViewFromImage(probability) / PROBABILITY_STEP) * PROBABILITY_STEP
-    rounded = sitk.GetImageFromArray(array.astype(np.float32))
+    """``probability`` rounded to :data:`PROBABILITY_STEP` (Float32, same grid), on one copy of the volume."""
+    array = sitk.GetArrayFromImage(probability).astype(np.float32, copy=False)
+    array /= PROBABILITY_STEP
+    np.rint(array, out=array)
+    array *= PROBABILITY_STEP
+    rounded = sitk.GetImageFromArray(array)
     rounded.CopyInformation(probability)
     return rounded
 
@@ -168,15 +172,13 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
     return box, probability, cropped.shape
 
 
-def _lesion_labels(prepared: PreparedCase, box: CropBox, probability: np.ndarray, breast: np.ndarray,
-                   threshold: float, cleaning: LesionCleaning) -> sitk.Image:
-    """Lesions labelled 1..N on the lesion model's whole grid: thresholded and cleaned inside ``box`` only (no
-    lesion lies outside it, and the box is a fraction of the grid), then put in place."""
-    in_box = prepared.grid.sub_grid(box)
+def _lesion_labels(in_box: Grid, box: CropBox, probability: np.ndarray, breast: np.ndarray, threshold: float,
+                   cleaning: LesionCleaning) -> sitk.Image:
+    """Lesions labelled 1..N on the grid of ``box`` (``in_box``): thresholded and cleaned there only, since no lesion
+    lies outside it and the box is a fraction of the lesion model's grid."""
     candidates = in_box.image((probability > threshold).astype(np.uint8))
-    labels = clean_lesion_mask(candidates, in_box.image(np.ascontiguousarray(box.apply(breast))), cleaning,
-                               probability=in_box.image(probability))
-    return prepared.grid.image(box.paste(sitk.GetArrayViewFromImage(labels), breast.shape))
+    return clean_lesion_mask(candidates, in_box.image(np.ascontiguousarray(box.apply(breast))), cleaning,
+                             probability=in_box.image(probability))
 
 
 def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options: SegmentationOptions | None = None,
@@ -218,13 +220,15 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     threshold = card.threshold if options.threshold is None else options.threshold
     min_volume = card.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
     min_peak = card.min_lesion_peak if options.min_lesion_peak is None else options.min_lesion_peak
-    lesions = _lesion_labels(prepared, box, lesion_probability, breast_array, threshold,
+    # Each result is put back onto the pre-contrast grid from the block that holds it (resample_like fills the rest
+    # with 0 without interpolating it).
+    in_box = prepared.grid.sub_grid(box)
+    lesions = _lesion_labels(in_box, box, lesion_probability, breast_array, threshold,
                              LesionCleaning(min_volume, min_peak_probability=min_peak))
-    probability = prepared.grid.image(box.paste(lesion_probability, breast_array.shape))
     result = Segmentation(
-        breast=resample_like(breast, pre, is_mask=True),
+        breast=resample_like(cut_to_mask(breast, breast_array), pre, is_mask=True),
         lesions=resample_like(lesions, pre, is_mask=True),
-        probability=rounded_probability(resample_like(probability, pre)),
+        probability=rounded_probability(resample_like(in_box.image(lesion_probability), pre)),
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..data.preprocessing import fill_holes_per_slice
-from ..io.images import resample_like
+from ..io.images import cut_to_mask, resample_like
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,11 @@ def breast_mask_on(probability: sitk.Image, threshold: float, reference: sitk.Im
     cleaned = sitk.GetImageFromArray(np.where(kept, np.maximum(values, just_above), np.minimum(values, threshold))
                                      .astype(np.float32))
     cleaned.CopyInformation(probability)
-    return sitk.Cast(resample_like(cleaned, reference) > threshold, sitk.sitkUInt8)
+    if not kept.any():
+        return sitk.Cast(resample_like(cleaned, reference) > threshold, sitk.sitkUInt8)
+    # Interpolation reaches one voxel: beyond that from the kept voxels every value stays at or below the threshold,
+    # so only that block is interpolated (resample_like fills the rest with 0).
+    return sitk.Cast(resample_like(cut_to_mask(cleaned, kept, margin=1), reference) > threshold, sitk.sitkUInt8)
 
 
 def _fill_holes_per_slice(mask: sitk.Image) -> sitk.Image:

@@ -7,6 +7,7 @@ Every image keeps its spacing, origin and direction. Problems a user can fix (mi
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
@@ -102,14 +104,50 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
 def resample_like(image: sitk.Image, reference: sitk.Image, is_mask: bool = False) -> sitk.Image:
     """Resample ``image`` onto ``reference``'s grid: linear (Float32/64) for images, nearest neighbour for masks.
 
-    Masks keep their pixel type so labels stay labels; points outside ``image`` get 0.
+    Masks keep their pixel type so labels stay labels; points outside ``image`` get 0. Only the block of
+    ``reference``'s grid that ``image`` covers is interpolated and the rest filled with 0, so putting a crop back
+    onto a whole study's grid costs the crop's share of the voxels, not the study's.
     """
     if is_mask:
         interpolator, pixel_type = sitk.sitkNearestNeighbor, image.GetPixelID()
     else:
         interpolator = sitk.sitkLinear
         pixel_type = sitk.sitkFloat64 if image.GetPixelID() == sitk.sitkFloat64 else sitk.sitkFloat32
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, pixel_type)
+    start, stop = covered_block(image, reference)
+    if np.array_equal(stop - start, reference.GetSize()):
+        return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, pixel_type)
+    full = sitk.Image(reference.GetSize(), pixel_type)
+    full.CopyInformation(reference)
+    if np.any(stop <= start):
+        return full
+    block_reference = sitk.Image([int(v) for v in stop - start], sitk.sitkUInt8)
+    block_reference.SetSpacing(reference.GetSpacing())
+    block_reference.SetDirection(reference.GetDirection())
+    block_reference.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in start]))
+    block = sitk.Resample(image, block_reference, sitk.Transform(), interpolator, 0.0, pixel_type)
+    return sitk.Paste(full, block, block.GetSize(), [0, 0, 0], [int(v) for v in start])
+
+
+def cut_to_mask(image: sitk.Image, mask_zyx: np.ndarray, margin: int = 0) -> sitk.Image:
+    """The box of ``image`` that holds the non-zero voxels of ``mask_zyx`` (its array, not empty), grown by
+    ``margin`` voxels and clipped to the image, with its place in space: resampled, it costs the box's voxels."""
+    z, y, x = ndimage.find_objects((np.asarray(mask_zyx) != 0).view(np.uint8))[0]
+    start = np.maximum([x.start - margin, y.start - margin, z.start - margin], 0)
+    stop = np.minimum([x.stop + margin, y.stop + margin, z.stop + margin], image.GetSize())
+    return sitk.RegionOfInterest(image, [int(v) for v in stop - start], [int(v) for v in start])
+
+
+def covered_block(image: sitk.Image, reference: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The index range ``[start, stop)`` (x, y, z) of ``reference``'s voxels that may take a value from ``image``:
+    the voxels whose centres lie in ``image``'s box (voxel edges included), with one voxel to spare on each side,
+    clipped to ``reference``."""
+    edges = [(-0.5, size - 0.5) for size in image.GetSize()]
+    corners = np.array([reference.TransformPhysicalPointToContinuousIndex(
+        image.TransformContinuousIndexToPhysicalPoint(corner)) for corner in itertools.product(*edges)])
+    size = np.asarray(reference.GetSize())
+    start = np.clip(np.floor(corners.min(axis=0)).astype(int) - 1, 0, size)
+    stop = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 2, 0, size)
+    return start, stop
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:

