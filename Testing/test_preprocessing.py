@@ -14,10 +14,13 @@ from BreastSegmentationLib.data.datasets import CaseRecord
 from BreastSegmentationLib.data.preprocessing import (
     ENHANCEMENT_FLOOR_FRACTION,
     ENHANCEMENT_RANGE,
+    Grid,
     PreprocessConfig,
     background_enhancement,
     body_mask,
     fill_holes_per_slice,
+    image_on_grid,
+    inplane_grid,
     prepare_case,
     prepare_checked,
     restore_to_original,
@@ -27,6 +30,7 @@ from BreastSegmentationLib.data.preprocessing import (
     uses_excess,
 )
 from BreastSegmentationLib.errors import InputError
+from BreastSegmentationLib.io.images import resample_like
 
 SHAPE_ZYX = (12, 48, 48)
 SPACING_XYZ = (0.8, 0.8, 2.0)
@@ -232,6 +236,13 @@ def test_fill_holes_per_slice_fills_enclosed_holes_only():
     assert not filled[2].any() and mask[0, 7, 7] == 0  # the input is left as it was
 
 
+def test_fill_holes_per_slice_equals_scipys_fill_of_each_slice(rng):
+    mask = ndimage.binary_opening(rng.random((6, 48, 40)) > 0.45, structure=np.ones((1, 2, 2)))
+    expected = np.stack([ndimage.binary_fill_holes(piece) for piece in mask])
+    assert expected.sum() > mask.sum()  # there are holes to fill
+    np.testing.assert_array_equal(fill_holes_per_slice(mask), expected)
+
+
 def test_body_mask_keeps_enclosed_dark_fat_and_drops_air(rng):
     pre = np.abs(rng.normal(0.0, 5.0, (4, 40, 40)))
     pre[:, 8:32, 8:32] = 300.0
@@ -321,3 +332,29 @@ def test_prepare_checked_lists_every_problem_and_prepares_nothing(case, tmp_path
         prepare_checked(records, "lesion", min_patients=3, view=views.append)
     assert "empty" in str(caught.value) and "at least 3" in str(caught.value)
     assert views == []
+
+
+@pytest.mark.parametrize("size, spacing, target", [
+    ((90, 84, 4), (0.889, 0.889, 1.2), (1.0, 1.0)),  # the lesion model's grid from a typical scan
+    ((101, 84, 4), (0.889, 0.889, 1.2), (2.0, 2.0)),  # the breast model's: the last column comes from rounding up
+    ((64, 40, 3), (1.3, 1.1, 3.0), (0.8, 0.5)),  # finer, and different along rows and columns
+])
+def test_image_on_grid_gives_simpleitks_linear_resampling_of_each_slice(rng, size, spacing, target):
+    image = sitk.GetImageFromArray(rng.normal(50.0, 20.0, size=size[::-1]).astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS, as prepared
+    grid = inplane_grid(image, target)
+    expected = sitk.GetArrayFromImage(resample_like(image, grid.reference()))
+    resized = image_on_grid(image, grid)
+    assert resized.shape == expected.shape == tuple(reversed(grid.size))
+    np.testing.assert_allclose(resized, expected, atol=1e-3 * 20.0)
+
+
+def test_image_on_grid_resamples_other_grids_and_views_its_own(oblique_image):
+    own = image_on_grid(oblique_image, Grid.of(oblique_image))
+    assert np.shares_memory(own, sitk.GetArrayViewFromImage(oblique_image))
+    shifted = Grid.of(oblique_image)
+    shifted = Grid(shifted.size, shifted.spacing, tuple(v + 0.3 for v in shifted.origin), shifted.direction)
+    expected = sitk.GetArrayFromImage(resample_like(oblique_image, shifted.reference()))
+    np.testing.assert_array_equal(image_on_grid(oblique_image, shifted), expected)

@@ -11,6 +11,7 @@ excess of the study's own background parenchymal enhancement can be derived from
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from monai.transforms import HistogramNormalize
 from scipy import ndimage
 
@@ -201,6 +203,34 @@ def _on_grid(image: sitk.Image, grid: Grid, is_mask: bool) -> sitk.Image:
     return image if same_geometry(image, reference) else resample_like(image, reference, is_mask=is_mask)
 
 
+def image_on_grid(image: sitk.Image, grid: Grid) -> np.ndarray:
+    """The (z, y, x) values of ``image`` linearly interpolated onto ``grid`` (a view when it already lies on it).
+
+    When ``grid`` is :func:`inplane_grid` of ``image`` (the preprocessing's own case), each slice is resized with
+    torch's bilinear interpolation at the exact ratio of the spacings: the same points and the same values as
+    SimpleITK's resampling (both repeat the edge voxels out to the outer edge), to float rounding, in a tenth of the
+    time. MONAI's Zoom and Resize derive the ratio from the rounded output size instead, which moves the grid by up
+    to half a voxel.
+    """
+    reference = grid.reference()
+    if same_geometry(image, reference):
+        return sitk.GetArrayViewFromImage(image)
+    if grid != inplane_grid(image, grid.spacing[:2]):
+        return sitk.GetArrayFromImage(resample_like(image, reference))
+    factors = [old / new for old, new in zip(image.GetSpacing()[1::-1], grid.spacing[1::-1])]  # rows, columns
+    slices = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))[:, None]
+    # The output is floor(size x factor) long: the last row or column, which rounding may add, reads padding that
+    # repeats the edge, as both interpolations do beyond the last voxel centre.
+    missing = [wanted - int(size * factor) for wanted, size, factor in
+               zip((grid.size[1], grid.size[0]), slices.shape[2:], factors)]
+    if any(count > 0 for count in missing):
+        extra = [math.ceil(count / factor) for count, factor in zip(missing, factors)]
+        slices = torch.nn.functional.pad(slices, (0, max(extra[1], 0), 0, max(extra[0], 0)), mode="replicate")
+    resized = torch.nn.functional.interpolate(slices, scale_factor=factors, mode="bilinear", align_corners=False,
+                                              recompute_scale_factor=False)
+    return resized[:, 0, :grid.size[1], :grid.size[0]].numpy()
+
+
 def body_threshold(pre_zyx: np.ndarray) -> float:
     """Otsu's threshold between air and body, taken on log intensities: air noise then falls on one side and all
     tissue, including the dark fat of fat-saturated series, on the other."""
@@ -220,17 +250,23 @@ def body_mask(pre_zyx: np.ndarray, threshold: float | None = None) -> np.ndarray
 def fill_holes_per_slice(mask_zyx: np.ndarray) -> np.ndarray:
     """A boolean copy of ``mask_zyx`` with the holes of each axial slice filled.
 
-    Filled on the mask's bounding box plus a one-voxel frame, where a slice's holes are the same as in the whole
-    slice: about twice as fast as the whole volume when the mask fills half of it.
+    A hole is background that no 4-connected path within its slice leads out of. The background inside the mask's
+    bounding box is labelled once for all slices (in-plane connectivity only), and the regions that reach a side of
+    the box, and so the outside, are kept: the same result as scipy's binary_fill_holes slice by slice, in a quarter
+    of the time (its repeated dilations sweep the volume many times).
     """
     mask = np.asarray(mask_zyx) > 0
     if not mask.any():
         return mask
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    box = ndimage.find_objects(mask.view(np.uint8))[0]
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    framed = np.pad(mask[box], ((0, 0), (1, 1), (1, 1)))
-    mask[box] = ndimage.binary_fill_holes(framed, structure=in_plane)[:, 1:-1, 1:-1]
+    regions, count = ndimage.label(~mask[box], structure=in_plane)
+    open_to_outside = np.zeros(count + 1, dtype=bool)
+    for side in (regions[:, 0], regions[:, -1], regions[:, :, 0], regions[:, :, -1]):
+        open_to_outside[side] = True
+    open_to_outside[0] = True  # label 0 is the mask itself
+    mask[box] |= ~open_to_outside[regions]
     return mask
 
 
@@ -328,8 +364,7 @@ def prepare_case(pre: sitk.Image, post: sitk.Image, breast: sitk.Image | None = 
     # One array for every channel, filled in place: these volumes are the largest copies of the whole job.
     channels = np.empty((len(config.channels), *reversed(grid.size)), dtype=np.float32)
     for index, image in enumerate((pre_ras, post_ras)):
-        on_grid = _on_grid(image, grid, is_mask=False)
-        channels[index] = sitk.GetArrayViewFromImage(on_grid)
+        channels[index] = image_on_grid(image, grid)
     if config.enhancement:
         enhancement_channel(channels[:2], statistics, out=channels[config.channels.index("enhancement")])
     body = body_mask(channels[0], statistics.body_threshold) if config.clahe else None
