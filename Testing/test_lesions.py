@@ -160,6 +160,33 @@ def test_relative_enhancement_columns_and_safe_denominator() -> None:
         lesion_table(mask, pre=shifted, post=post_image)
 
 
+def test_study_lesion_table_on_the_lesions_block_equals_the_whole_grid_table(oblique_image, rng) -> None:
+    shape = sitk.GetArrayViewFromImage(oblique_image).shape  # (7, 11, 13) KJI, oblique grid
+    array = np.zeros(shape, dtype=np.uint16)
+    array[2:4, 3:6, 4:7] = 1
+    array[5, 8:10, 9:12] = 2  # the block of both lesions starts at (4, 3, 2), not at the grid's corner
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(oblique_image)
+    pre_values = sitk.GetArrayFromImage(oblique_image)
+    pre_values[:, :, :3] = 5000.0  # outside the lesions' block, and they set the whole image's enhancement floor
+    pre_values[2, 3, 4] = 1.0  # a lesion voxel whose enhancement divides by that floor
+    pre = sitk.GetImageFromArray(pre_values)
+    post = sitk.GetImageFromArray(pre_values * rng.uniform(1.0, 2.0, size=shape).astype(np.float32) + 10.0)
+    for image in (pre, post):
+        image.CopyInformation(oblique_image)
+    expected = lesions.lesion_label_table(labels, lesions.relative_enhancement(pre, post))
+    rows = lesions.study_lesion_table(labels, pre, post)
+    assert [row["bbox_start_ijk"] for row in rows] == [[4, 3, 2], [9, 8, 5]]
+    assert len(rows) == len(expected) == 2
+    for row, wanted in zip(rows, expected):
+        assert row.keys() == wanted.keys()
+        for key, value in wanted.items():
+            assert row[key] == pytest.approx(value), key
+    empty = sitk.Image(labels.GetSize(), sitk.sitkUInt16)
+    empty.CopyInformation(labels)
+    assert lesions.study_lesion_table(empty, pre, post) == []
+
+
 def test_empty_mask_has_no_lesions() -> None:
     empty = mask_like(np.zeros((4, 5, 6), dtype=bool))
     assert lesion_table(empty) == []

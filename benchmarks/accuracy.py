@@ -25,6 +25,7 @@ from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.evaluation.lesions import match_lesions
 from BreastSegmentationLib.evaluation.metrics import mask_array, overlap_counts, scores_from_counts, segmentation_metrics
 from BreastSegmentationLib.inference.pipeline import SegmentationOptions, load_models, segment_images
+from BreastSegmentationLib.inference.runtime import configure_cpu_memory
 from BreastSegmentationLib.reports.tables import markdown_table
 
 TARGETS = {"breast_dice": 0.95, "lesion_dice": 0.75, "detected_over_20mm3": 0.90, "fp_per_case": 1.0}
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="multiply the contrast uptake (post - pre) of every tissue by this factor (default 1)")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    configure_cpu_memory()  # as the breastseg command does
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     models = load_models(args.models, "auto")
     rows = []

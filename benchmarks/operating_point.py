@@ -31,6 +31,7 @@ from BreastSegmentationLib.data.datasets import load_dataset
 from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.inference.pipeline import ModelSet, load_models, segment_images
 from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_lesion_mask
+from BreastSegmentationLib.inference.runtime import configure_cpu_memory
 from BreastSegmentationLib.reports.tables import markdown_table
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="minimum peak probabilities of a kept lesion to try besides none")
     parser.add_argument("--out", help="also write the table as JSON")
     args = parser.parse_args(argv)
+    configure_cpu_memory()  # as the breastseg command does
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     models = load_models(args.models, "auto")
     points = [(threshold, LesionCleaning(min_volume, min_peak_probability=peak)) for threshold, min_volume, peak

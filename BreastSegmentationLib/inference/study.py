@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..errors import InputError
 from ..evaluation.carbon import CarbonSettings, EnergyMeter
-from ..evaluation.lesions import evaluate_case, lesion_label_table, lesion_table_columns, relative_enhancement
+from ..evaluation.lesions import evaluate_case, lesion_table_columns, study_lesion_table
 from ..io.dicom import discover_study, read_phase
 from ..io.images import check_mask, read_image, read_volume, same_geometry, write_image
 from ..io.outputs import atomic_output_dir
@@ -89,8 +89,7 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
     with EnergyMeter(carbon or CarbonSettings()) as meter:
         result = segment_images(study.pre, study.post, models, options, progress)
     progress.update("report", 0.0)
-    enhancement = relative_enhancement(study.pre, result.post_aligned)
-    lesion_rows = lesion_label_table(result.lesions, enhancement)
+    lesion_rows = study_lesion_table(result.lesions, study.pre, result.post_aligned)
     # Without pre and post: the per-lesion enhancement tables they add are not written here.
     evaluation = evaluate_case(result.lesions > 0, reference_mask) if reference_mask is not None else None
     energy = meter.report
