@@ -192,10 +192,11 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     progress.update("preparing", 0.0)
-    post = align_post_to_pre(pre, post, "the pre-contrast image", "the post-contrast image")
-    post, motion = correct_motion(pre, post) if options.motion_correction else (post, None)
-    # Cast and reoriented once here, so that both preparations below find them ready.
-    pre_ras, post_ras = reorient_to_ras(as_float32(pre)), reorient_to_ras(as_float32(post))
+    # Cast once here, so that the motion correction and both preparations below find them ready.
+    pre_float = as_float32(pre)
+    post = align_post_to_pre(pre_float, as_float32(post), "the pre-contrast image", "the post-contrast image")
+    post, motion = correct_motion(pre_float, post) if options.motion_correction else (post, None)
+    pre_ras, post_ras = reorient_to_ras(pre_float), reorient_to_ras(post)
     seconds["align"] = time.perf_counter() - started
 
     started = time.perf_counter()

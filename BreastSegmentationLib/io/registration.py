@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import SimpleITK as sitk
 
+from .images import as_float32
+
 #: Shifts below this, or below a quarter of the image's coarsest voxel side (the registration's precision follows
 #: the voxel size), are left alone: far below a voxel, they would trade a real error for the estimate's own.
 MINIMUM_SHIFT_MM = 0.5
@@ -53,7 +55,7 @@ def minimum_shift_mm(image: sitk.Image) -> float:
 def _binned(image: sitk.Image) -> sitk.Image:
     """``image`` as Float32, voxels averaged in bins of about :data:`REGISTRATION_SPACING_MM`."""
     factors = [max(1, int(round(REGISTRATION_SPACING_MM / spacing))) for spacing in image.GetSpacing()]
-    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+    return sitk.BinShrink(as_float32(image), factors)
 
 
 def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
