@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -119,11 +120,15 @@ class SegmentationOptions:
 
 @dataclass
 class Segmentation:
-    """Results on the pre-contrast image's grid, and how long each stage took."""
+    """Results on the pre-contrast image's grid (that of ``post_aligned``), and how long each stage took.
+
+    The lesion probability is kept on the lesion model's crop (``probability_in_box``) and put onto that grid when
+    :attr:`probability` is first asked for: :func:`..study.segment_study` has it done while it draws the figure.
+    """
 
     breast: sitk.Image
     lesions: sitk.Image
-    probability: sitk.Image
+    probability_in_box: sitk.Image
     post_aligned: sitk.Image
     seconds: dict[str, float]
     device: str
@@ -132,6 +137,11 @@ class Segmentation:
     min_lesion_peak: float | None
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     motion: Motion | None = None
+
+    @cached_property
+    def probability(self) -> sitk.Image:
+        """The lesion probability on the pre-contrast grid, rounded to :data:`PROBABILITY_STEP`."""
+        return rounded_probability(resample_like(self.probability_in_box, self.post_aligned))
 
 
 def _predict_breast(models: ModelSet, prepared: PreparedCase, options: SegmentationOptions,
@@ -229,7 +239,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     result = Segmentation(
         breast=resample_like(cut_to_mask(breast, breast_array), pre, is_mask=True),
         lesions=resample_like(lesions, pre, is_mask=True),
-        probability=rounded_probability(resample_like(in_box.image(lesion_probability), pre)),
+        probability_in_box=in_box.image(lesion_probability),
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),

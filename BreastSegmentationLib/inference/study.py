@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..evaluation.carbon import CarbonSettings, EnergyMeter
+from ..evaluation.carbon import CarbonSettings, EnergyMeter, EnergyReport
 from ..evaluation.lesions import evaluate_case, lesion_table_columns, study_lesion_table
 from ..io.dicom import discover_study, read_phase
 from ..io.images import check_mask, read_image, read_volume, same_geometry, write_image
@@ -25,7 +25,7 @@ from ..io.outputs import atomic_output_dir
 from ..progress import Progress, silent
 from ..reports.overview import save_overview
 from ..reports.tables import write_csv, write_json
-from .pipeline import ModelSet, SegmentationOptions, segment_images
+from .pipeline import ModelSet, Segmentation, SegmentationOptions, segment_images
 
 log = logging.getLogger(__name__)
 
@@ -89,33 +89,17 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
     with EnergyMeter(carbon or CarbonSettings()) as meter:
         result = segment_images(study.pre, study.post, models, options, progress)
     progress.update("report", 0.0)
-    lesion_rows = study_lesion_table(result.lesions, study.pre, result.post_aligned)
-    # Without pre and post: the per-lesion enhancement tables they add are not written here.
-    evaluation = evaluate_case(result.lesions > 0, reference_mask) if reference_mask is not None else None
-    energy = meter.report
-    summary = {
-        "version": __version__,
-        "inputs": study.sources,
-        "models": models.cards(),
-        "device": result.device,
-        "threshold": result.threshold,
-        "min_lesion_mm3": result.min_lesion_mm3,
-        "min_lesion_peak": result.min_lesion_peak,
-        "network_inputs": {task: list(shape) for task, shape in result.network_inputs.items()},
-        "motion": result.motion.to_dict() if result.motion is not None else None,
-        "seconds": {**{k: round(v, 3) for k, v in result.seconds.items()},
-                    "total": round(time.perf_counter() - started, 3)},
-        "energy": {"method": energy.method, "energy_kwh": energy.energy_kwh, "co2_kg": energy.co2_kg},
-        "breast_volume_mm3": _volume_mm3(result.breast),
-        "lesion_count": len(lesion_rows),
-        "lesions": lesion_rows,
-        **({"metrics": evaluation["metrics"]} if evaluation is not None else {}),
-    }
-    # The volumes are compressed and written in threads (ITK's writer leaves Python's GIL) while the figure is drawn.
+    # The volumes are compressed and written in threads (ITK's writer and resampling leave Python's GIL), the
+    # probability put onto the study's grid there too, while the lesion table is measured and the figure drawn.
     with atomic_output_dir(out_dir) as staging, ThreadPoolExecutor(max_workers=3) as pool:
-        volumes = [pool.submit(write_image, image, staging / name) for image, name in (
-            (result.breast, "breast.nii.gz"), (result.lesions, "lesions.nii.gz"),
-            (result.probability, "lesion_probability.nii.gz"))]
+        volumes = [pool.submit(write_image, result.breast, staging / "breast.nii.gz"),
+                   pool.submit(write_image, result.lesions, staging / "lesions.nii.gz"),
+                   pool.submit(lambda: write_image(result.probability, staging / "lesion_probability.nii.gz"))]
+        lesion_rows = study_lesion_table(result.lesions, study.pre, result.post_aligned)
+        # Without pre and post: the per-lesion enhancement tables they add are not written here.
+        evaluation = evaluate_case(result.lesions > 0, reference_mask) if reference_mask is not None else None
+        summary = _summary(study, models, result, lesion_rows, evaluation, meter.report,
+                           time.perf_counter() - started)
         write_csv(lesion_rows, staging / "lesions.csv", lesion_table_columns(enhancement=True))
         if evaluation is not None:
             write_json(evaluation["metrics"], staging / "metrics.json")
@@ -127,6 +111,28 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
             volume.result()
     progress.update("report", 1.0)
     return summary
+
+
+def _summary(study: StudyInput, models: ModelSet, result: Segmentation, lesion_rows: list[dict],
+             evaluation: dict | None, energy: EnergyReport, seconds: float) -> dict:
+    """What ``summary.json`` says of a run (JSON-able)."""
+    return {
+        "version": __version__,
+        "inputs": study.sources,
+        "models": models.cards(),
+        "device": result.device,
+        "threshold": result.threshold,
+        "min_lesion_mm3": result.min_lesion_mm3,
+        "min_lesion_peak": result.min_lesion_peak,
+        "network_inputs": {task: list(shape) for task, shape in result.network_inputs.items()},
+        "motion": result.motion.to_dict() if result.motion is not None else None,
+        "seconds": {**{k: round(v, 3) for k, v in result.seconds.items()}, "total": round(seconds, 3)},
+        "energy": {"method": energy.method, "energy_kwh": energy.energy_kwh, "co2_kg": energy.co2_kg},
+        "breast_volume_mm3": _volume_mm3(result.breast),
+        "lesion_count": len(lesion_rows),
+        "lesions": lesion_rows,
+        **({"metrics": evaluation["metrics"]} if evaluation is not None else {}),
+    }
 
 
 def _volume_mm3(mask: sitk.Image) -> float:
