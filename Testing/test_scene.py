@@ -467,7 +467,8 @@ def wait_for_line(process: BackgroundProcess, timeout: float = 20.0) -> str:
 def test_terminate_lets_python_clean_up(tmp_path):
     marker = tmp_path / "cleaned"
     process = python_process(
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # whatever the test runner's shell passed on
         "try:\n"
         "    print('ready', flush=True)\n"  # inside the try: a SIGINT right after 'ready' must be caught too
         "    time.sleep(60)\n"
@@ -480,6 +481,23 @@ def test_terminate_lets_python_clean_up(tmp_path):
     assert process.wait(20) == 130
     assert marker.exists()
     assert describe_failure(process.returncode, []).kind is FailureKind.CANCELLED
+
+
+def test_the_command_hears_a_cancel_even_when_started_with_sigint_ignored():
+    process = python_process(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # as a job started in a shell's background inherits it
+        "from BreastSegmentationLib.cli import listen_for_interrupts\n"
+        "listen_for_interrupts()\n"
+        "try:\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    assert wait_for_line(process) == "ready"
+    process.terminate()
+    assert process.wait(20) == 130
 
 
 def alive(pid: int) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .. import __version__
@@ -46,9 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def listen_for_interrupts() -> None:
+    """Turn SIGINT into KeyboardInterrupt even where it was inherited as ignored: a host that cancels a run sends
+    SIGINT (:mod:`..background`), and a process started in the background of a shell ignores it from birth, which
+    would leave the run to be killed without cleaning up. Only the main thread may set handlers."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``breastseg`` with ``argv``; return the exit code."""
     configure_cpu_memory()
+    listen_for_interrupts()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
