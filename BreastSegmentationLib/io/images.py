@@ -113,7 +113,7 @@ def resample_like(image: sitk.Image, reference: sitk.Image, is_mask: bool = Fals
     else:
         interpolator = sitk.sitkLinear
         pixel_type = sitk.sitkFloat64 if image.GetPixelID() == sitk.sitkFloat64 else sitk.sitkFloat32
-    start, stop = covered_block(image, reference)
+    start, stop = _covered_block(image, reference)
     if np.array_equal(stop - start, reference.GetSize()):
         return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, pixel_type)
     full = sitk.Image(reference.GetSize(), pixel_type)
@@ -137,7 +137,7 @@ def cut_to_mask(image: sitk.Image, mask_zyx: np.ndarray, margin: int = 0) -> sit
     return sitk.RegionOfInterest(image, [int(v) for v in stop - start], [int(v) for v in start])
 
 
-def covered_block(image: sitk.Image, reference: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+def _covered_block(image: sitk.Image, reference: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """The index range ``[start, stop)`` (x, y, z) of ``reference``'s voxels that may take a value from ``image``:
     the voxels whose centres lie in ``image``'s box (voxel edges included), with one voxel to spare on each side,
     clipped to ``reference``."""
