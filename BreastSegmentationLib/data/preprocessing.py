@@ -212,11 +212,10 @@ def image_on_grid(image: sitk.Image, grid: Grid) -> np.ndarray:
     time. MONAI's Zoom and Resize derive the ratio from the rounded output size instead, which moves the grid by up
     to half a voxel.
     """
-    reference = grid.reference()
-    if same_geometry(image, reference):
+    if Grid.of(image) == grid:
         return sitk.GetArrayViewFromImage(image)
     if grid != inplane_grid(image, grid.spacing[:2]):
-        return sitk.GetArrayFromImage(resample_like(image, reference))
+        return sitk.GetArrayFromImage(resample_like(image, grid.reference()))
     factors = [old / new for old, new in zip(image.GetSpacing()[1::-1], grid.spacing[1::-1])]  # rows, columns
     slices = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))[:, None]
     # The output is floor(size x factor) long: the last row or column, which rounding may add, reads padding that
