@@ -33,20 +33,25 @@ from BreastSegmentationLib.inference.runtime import (
 from BreastSegmentationLib.inference.study import segment_study, study_from_files
 
 SHAPE = (352, 352, 150)
-#: Phantom intensity to scanner units: the brightest enhancing voxels of the phantom (about 250) become about 4000,
-#: the 12-bit range of MR scanners.
-SCANNER_UNITS = 16.0
+#: The largest value MR scanners store in most series (12 bits).
+TWELVE_BIT_MAX = 4095.0
 
 
 def write_study(folder: Path, seed: int, dtype: str = "int16") -> tuple[Path, Path]:
-    """The phantom study's pre- and first post-contrast volumes as compressed NIfTI files: 16-bit integers in
-    scanner units, as scanners store MR images (DICOM, and dcm2niix's NIfTI), or the phantom's own float32."""
+    """The phantom study's pre- and first post-contrast volumes as compressed NIfTI files of ``dtype``.
+
+    int16 is what scanners' files hold (DICOM, and dcm2niix's NIfTI): the phantom's GE- and Siemens-like studies are
+    integers already, and its Philips-like ones (the default seed's) are floating point, scaled here so that the
+    brightest voxel of the study is 4095, the 12-bit range, with one factor for both phases.
+    """
     case = generate_case(seed, shape=SHAPE)
+    phases = case.pre, case.posts[0]
+    if dtype == "int16" and phases[0].GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        brightest = max(float(sitk.GetArrayViewFromImage(phase).max()) for phase in phases)
+        phases = tuple(sitk.Round(phase * (TWELVE_BIT_MAX / brightest)) for phase in phases)
     paths = folder / "pre.nii.gz", folder / "post.nii.gz"
-    for image, path in zip((case.pre, case.posts[0]), paths):
-        if dtype == "int16":
-            image = sitk.Cast(sitk.Round(image * SCANNER_UNITS), sitk.sitkInt16)
-        sitk.WriteImage(image, str(path))
+    for phase, path in zip(phases, paths):
+        sitk.WriteImage(sitk.Cast(phase, sitk.sitkInt16 if dtype == "int16" else sitk.sitkFloat32), str(path))
     return paths
 
 
@@ -87,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per figure; the fastest counts")
     parser.add_argument("--seed", type=int, default=9100)
     parser.add_argument("--dtype", choices=("int16", "float32"), default="int16",
-                        help="voxel type of the input files: int16 in scanner units, as scanners store MR images "
-                             "(default), or the phantom's float32, whose noise compresses poorly and reads slower")
+                        help="voxel type of the input files: int16, as scanners store MR images (default), or "
+                             "float32, whose noise compresses poorly and reads slower")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     configure_cpu_memory()
