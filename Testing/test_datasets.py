@@ -28,7 +28,7 @@ from BreastSegmentationLib.data.patches import (
     enhancing_classes,
 )
 from BreastSegmentationLib.data.preprocessing import ENHANCEMENT_RANGE, prepare_case
-from BreastSegmentationLib.data.slices import Approach, SliceDataset
+from BreastSegmentationLib.data.slices import Approach, SliceDataset, slice_repeats
 from BreastSegmentationLib.errors import InputError
 
 
@@ -237,6 +237,30 @@ def test_slices_pad_to_multiples_of_32_and_breast_task(rng):
     assert torch.all(dataset[2]["label"][0, 40:] == 0)
     with pytest.raises(InputError, match="whole unmasked volumes"):
         SliceDataset([case], Approach.OV, task="breast")
+
+
+def test_slice_repeats_show_small_lesions_as_often_as_large_ones():
+    lesions = np.zeros((16, 20, 20), dtype=np.uint8)
+    lesions[2:12, 2:12, 2:12] = 1  # a mass on 10 slices
+    lesions[5:7, 15:17, 15:17] = 1  # a focus on 2 of them
+    lesions[13:14, 15:16, 15:16] = 1  # a focus on one slice
+    np.testing.assert_array_equal(slice_repeats(lesions), np.ones(16))
+    np.testing.assert_array_equal(slice_repeats(lesions, lesion_slice_repeats=3), [1, 1] + [3] * 10 + [1, 3, 1, 1])
+    balanced = slice_repeats(lesions, lesion_slice_repeats=3, lesion_visits=8)
+    np.testing.assert_array_equal(balanced, [1, 1, 3, 3, 3, 4, 4, 3, 3, 3, 3, 3, 1, 8, 1, 1])
+
+
+def test_slice_dataset_lists_each_lesion_on_at_least_the_asked_visits(rng):
+    case = prepare_case(**case_images(rng, shape_zyx=(12, 40, 40)), case_id="p1")
+    case.lesions[:] = 0
+    case.lesions[3:5, 10:13, 10:13] = 1
+    case.lesions[6:11, 20:30, 20:30] = 1
+    plain = SliceDataset([case], Approach.WV_NO_BRS)
+    balanced = SliceDataset([case], Approach.WV_NO_BRS, lesion_visits=10)
+    visits = np.array([balanced.slice_numbers[0][local] for _, local in balanced.index])
+    assert np.isin(visits, [3, 4]).sum() == 10 and np.isin(visits, range(6, 11)).sum() == 10
+    assert len(balanced) == len(plain) + 8 + 5
+    assert len(SliceDataset([case], Approach.WV_NO_BRS, task="breast", lesion_visits=10)) == 12
 
 
 # Patches --------------------------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def test_breast_slices_option_takes_every_slice_with_breast(phantom_lesion_manif
     ({"patches": {"size": [32, 32], "foreground_ratio": 0.8, "enhancing_ratio": 0.3}}, "sum <= 1"),
     ({"patches": {"size": [32, 32], "enhancing_ratio": 0.3}, "inputs": ["pre", "post"]}, "'subtraction' input"),
     ({"contrast_uptake_range": [1.5, 0.5]}, "0 < low <= high"),
+    ({"lesion_visits": 0}, "lesion_visits must be at least 1"),
     ({"contrast_uptake_range": [0.5, 1.5], "inputs": ["post"]}, "needs the pre-contrast input"),
 ])
 def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_lesion_manifest, change, message,

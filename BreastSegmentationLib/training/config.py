@@ -72,6 +72,7 @@ class TrainConfig:
     approach: str = "ov"
     slices: str = "approach"
     lesion_slice_repeats: int = 1
+    lesion_visits: int | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     safe_distance_mm: float = 16.0
     augmentation: float = 0.0
@@ -101,6 +102,9 @@ class TrainConfig:
         if self.patches.enhancing_ratio and (self.task != "lesion" or "subtraction" not in self.inputs):
             raise InputError("patches.enhancing_ratio needs a lesion model with a 'subtraction' input (strong "
                              "enhancement is read from it)")
+        if self.lesion_slice_repeats < 1 or (self.lesion_visits is not None and self.lesion_visits < 1):
+            raise InputError(f"lesion_slice_repeats and lesion_visits must be at least 1, got "
+                             f"{self.lesion_slice_repeats} and {self.lesion_visits}")
         if self.run_folds is not None and any(not 0 <= k < self.folds for k in self.run_folds):
             raise InputError(f"run_folds {self.run_folds} must be fold numbers from 0 to {self.folds - 1}")
         if self.contrast_uptake_range is not None:

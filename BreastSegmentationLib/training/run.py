@@ -133,6 +133,7 @@ def make_slice_dataset(config: TrainConfig, cases: list[PreparedCase], training:
         safe_distance_mm=config.safe_distance_mm,
         breast_slices=config.slices == "breast",
         lesion_slice_repeats=config.lesion_slice_repeats if training else 1,
+        lesion_visits=config.lesion_visits if training else None,
     )
 
 
