@@ -147,12 +147,10 @@ class SliceDataset(Dataset):
                        for case, label, chosen in zip(cases, labels, selected)]
         self.case_ids = [case.case_id for case in cases]
         self.slice_numbers = selected
-        oversampling = task == "lesion"
-        self.index = [(case_index, local)
-                      for case_index, target in enumerate(self.labels)
-                      for local, repeats in enumerate(slice_repeats(target[:, 0], lesion_slice_repeats, lesion_visits)
-                                                      if oversampling else np.ones(len(target), dtype=int))
-                      for _ in range(repeats)]
+        repeats = [slice_repeats(target[:, 0], lesion_slice_repeats, lesion_visits) if task == "lesion"
+                   else np.ones(len(target), dtype=int) for target in self.labels]
+        self.index = [(case_index, local) for case_index, counts in enumerate(repeats)
+                      for local, count in enumerate(counts) for _ in range(count)]
 
     @staticmethod
     def _ov_boxes(cases: Sequence[PreparedCase], brs_masks: Sequence[np.ndarray], ov_height: int | None,
