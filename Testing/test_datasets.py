@@ -28,7 +28,7 @@ from BreastSegmentationLib.data.patches import (
     enhancing_classes,
 )
 from BreastSegmentationLib.data.preprocessing import ENHANCEMENT_RANGE, prepare_case
-from BreastSegmentationLib.data.slices import Approach, SliceDataset, slice_repeats
+from BreastSegmentationLib.data.slices import MAX_LESION_WEIGHT, Approach, SliceDataset, lesion_weights, slice_repeats
 from BreastSegmentationLib.errors import InputError
 
 
@@ -261,6 +261,47 @@ def test_slice_dataset_lists_each_lesion_on_at_least_the_asked_visits(rng):
     assert np.isin(visits, [3, 4]).sum() == 10 and np.isin(visits, range(6, 11)).sum() == 10
     assert len(balanced) == len(plain) + 8 + 5
     assert len(SliceDataset([case], Approach.WV_NO_BRS, task="breast", lesion_visits=10)) == 12
+
+
+def test_lesion_weights_favour_small_lesions_in_3d_with_26_connectivity():
+    lesions = np.zeros((12, 30, 30), dtype=np.uint8)
+    lesions[0:10, 0:10, 0:10] = 1  # 1000 voxels
+    lesions[2:4, 20:22, 20:22] = 1  # 8 voxels ...
+    lesions[4, 22, 22] = 1  # ... and one more touching them by a corner only: one lesion of 9
+    lesions[11, 25:27, 0:30] = 1  # 60 voxels
+    weights = lesion_weights(lesions, voxel_mm3=2.0, reference_mm3=1000.0)
+    assert weights.dtype == np.float32 and np.all(weights[lesions == 0] == 0)
+    assert np.all(weights[0:10, 0:10, 0:10] == 1.0)  # 2000 mm3: larger than the reference
+    assert np.all(weights[11, 25:27] == pytest.approx(np.sqrt(1000.0 / 120.0)))
+    assert weights[4, 22, 22] == weights[2, 20, 20] == pytest.approx(np.sqrt(1000.0 / 18.0))
+    assert lesion_weights(lesions, voxel_mm3=0.1, reference_mm3=1000.0).max() == MAX_LESION_WEIGHT
+
+
+def test_slice_dataset_gives_each_sample_the_weights_of_its_lesions(rng):
+    case = prepare_case(**case_images(rng, shape_zyx=(12, 40, 40)), case_id="p1")
+    case.lesions[:] = 0
+    case.lesions[3:5, 10:13, 10:13] = 1
+    case.lesions[6:11, 20:30, 20:30] = 1
+    expected = lesion_weights(case.lesions, float(np.prod(case.grid.spacing)), 500.0)
+    weighted = SliceDataset([case], Approach.WV_NO_BRS, lesion_weight_mm3=500.0)
+    for item in (0, 3, 4, 8):
+        sample = weighted[item]
+        assert sample["lesion_weight"].shape == sample["label"].shape
+        np.testing.assert_allclose(sample["lesion_weight"][0, :40, :40].numpy(), expected[sample["slice"]], rtol=1e-3)
+    assert weighted[3]["lesion_weight"].max() > weighted[8]["lesion_weight"].max() > 0
+    assert weighted[0]["lesion_weight"].abs().sum() == 0
+    assert "lesion_weight" not in SliceDataset([case], Approach.WV_NO_BRS)[3]
+
+
+def test_spatial_augmentation_moves_lesion_weights_with_the_label():
+    label = torch.zeros(1, 48, 48)
+    label[0, 10:20, 5:15] = 1
+    sample = {"image": torch.randn(2, 48, 48), "label": label, "lesion_weight": label * 4.0}
+    transform = training_transforms(2, strength=1.0)
+    for seed in range(12):
+        result = augment(dict(sample), transform, seed)
+        assert torch.equal(result["lesion_weight"] > 0, result["label"] > 0)
+        assert set(torch.unique(result["lesion_weight"]).tolist()) <= {0.0, 4.0}
 
 
 # Patches --------------------------------------------------------------------------------------------------------------

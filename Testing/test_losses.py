@@ -96,3 +96,19 @@ def test_unnormalised_sums_accept_any_positive_weights(target: torch.Tensor) -> 
     loss = build_loss("bce_dice", bce=2.0)
     parts = loss.components(logits, target)
     torch.testing.assert_close(loss(logits, target), 2.0 * parts["bce"] + parts["dice"])
+
+
+def test_lesion_weight_scales_the_cross_entropy_of_foreground_voxels_only(target: torch.Tensor) -> None:
+    """Weight w on the foreground: the foreground's share of the cross-entropy grows w times, the background's stays,
+    whatever the map says outside the foreground; Dice ignores the map."""
+    logits = torch.randn_like(target)
+    loss = build_loss("dice_ce")
+    plain = loss.components(logits, target)
+    per_voxel = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    foreground, background = (per_voxel * target).sum(), (per_voxel * (1 - target)).sum()
+    weight = torch.full_like(target, 3.0)  # 3 everywhere: only the foreground's 3 may count
+    weighted = loss.components(logits, target, weight)
+    torch.testing.assert_close(weighted["bce"], (3.0 * foreground + background) / target.numel())
+    torch.testing.assert_close(weighted["dice"], plain["dice"])
+    torch.testing.assert_close(loss.components(logits, target, torch.ones_like(target))["bce"], plain["bce"])
+    torch.testing.assert_close(loss(logits, target, weight), weighted["dice"] + weighted["bce"])

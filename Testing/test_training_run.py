@@ -96,6 +96,8 @@ def test_breast_slices_option_takes_every_slice_with_breast(phantom_lesion_manif
     ({"patches": {"size": [32, 32], "enhancing_ratio": 0.3}, "inputs": ["pre", "post"]}, "'subtraction' input"),
     ({"contrast_uptake_range": [1.5, 0.5]}, "0 < low <= high"),
     ({"lesion_visits": 0}, "lesion_visits must be at least 1"),
+    ({"lesion_weight_mm3": -5}, "lesion_weight_mm3 must be a positive volume"),
+    ({"lesion_weight_mm3": 500, "task": "breast", "approach": "wv"}, "is for lesion models"),
     ({"contrast_uptake_range": [0.5, 1.5], "inputs": ["post"]}, "needs the pre-contrast input"),
 ])
 def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_lesion_manifest, change, message,
@@ -171,6 +173,23 @@ def test_lesion_slices_can_be_oversampled_in_training(phantom_lesion_manifest):
     lesion_slices = sum(int(c.lesions[np.flatnonzero(c.breast.any(axis=(1, 2)))].any(axis=(1, 2)).sum()) for c in cases)
     assert lesion_slices > 0
     assert len(repeated) == len(plain) + 2 * lesion_slices
+
+
+@pytest.mark.parametrize("patches", [{"size": [32, 32], "foreground_ratio": 0.5},
+                                     {"size": [32, 32], "foreground_ratio": 0.5, "enhancing_ratio": 0.25}])
+def test_lesion_weights_follow_the_patches_into_training(tmp_path, phantom_lesion_manifest, patches):
+    config_path = write_config(tmp_path, phantom_lesion_manifest, lesion_weight_mm3=1e5, patches=patches,
+                               optimisation={"epochs": 1, "batch_size": 8})
+    config = load_config(config_path)
+    cases = prepare_checked(load_dataset(phantom_lesion_manifest)[:2], "lesion", config.preprocess)
+    dataset = make_slice_dataset(config, [training_view(config, case) for case in cases], training=True)
+    torch.manual_seed(0)
+    samples = [dataset[item] for item in range(len(dataset))]
+    assert all(sample["lesion_weight"].shape == sample["label"].shape == (1, 32, 32) for sample in samples)
+    assert all(torch.equal(sample["lesion_weight"] > 0, sample["label"] > 0) for sample in samples)
+    assert any(sample["lesion_weight"].max() > 1 for sample in samples)
+    assert "lesion_weight" not in make_slice_dataset(config, cases[:1], training=False)[0]
+    assert main(["--progress", "none", "train", str(config_path)]) == 0
 
 
 def test_unknown_optimiser_is_a_configuration_error(tmp_path, phantom_lesion_manifest, capsys):

@@ -1,7 +1,7 @@
 """Training augmentation (MONAI dictionary transforms) for 2-D slices and 3-D patches.
 
-Used for domain randomisation of the bundled models: spatial changes applied alike to ``image`` and ``label``,
-intensity changes to ``image`` only. Mirroring is left-right only: anterior-posterior and head-feet flips would
+Used for domain randomisation of the bundled models: spatial changes applied alike to ``image``, ``label`` and
+``lesion_weight`` (when a sample has one), intensity changes to ``image`` only. Mirroring is left-right only: anterior-posterior and head-feet flips would
 give anatomy that never occurs (breasts behind the chest wall). :class:`RandContrastUptaked` scales the contrast
 uptake of a whole sample, as contrast dose, injection timing and field strength do between protocols.
 """
@@ -31,15 +31,15 @@ from monai.transforms import (
 from ..errors import InputError
 from .preprocessing import ENHANCEMENT_RANGE, parse_input
 
-IMAGE, LABEL = "image", "label"
-KEYS = (IMAGE, LABEL)
+IMAGE, LABEL, LESION_WEIGHT = "image", "label", "lesion_weight"
+KEYS = (IMAGE, LABEL, LESION_WEIGHT)
 #: At strength 1: in-plane rotation up to 15 degrees, scaling by up to 15 %, as small as anatomy allows.
 MAX_ROTATION_RAD = 0.26
 MAX_SCALING = 0.15
 
 
 def spatial_transforms(dims: int, strength: float = 1.0) -> list:
-    """Left-right flip, in-plane rotation and scaling; linear for the image, nearest for the label.
+    """Left-right flip, in-plane rotation and scaling; linear for the image, nearest for the label and weights.
 
     Arrays are channel-first (C, y, x) or (C, z, y, x): x, the left-right axis, is the last one. MONAI's first
     rotation angle turns the last two axes, i.e. in-plane for both layouts.
@@ -49,7 +49,8 @@ def spatial_transforms(dims: int, strength: float = 1.0) -> list:
     return [
         RandFlipd(KEYS, prob=0.5, spatial_axis=left_right_axis, allow_missing_keys=True),
         RandAffined(KEYS, prob=0.3, rotate_range=rotation, scale_range=(MAX_SCALING * strength,) * dims,
-                    mode=("bilinear", "nearest"), padding_mode=("border", "zeros"), allow_missing_keys=True),
+                    mode=("bilinear", "nearest", "nearest"), padding_mode=("border", "zeros", "zeros"),
+                    allow_missing_keys=True),
     ]
 
 

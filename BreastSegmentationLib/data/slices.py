@@ -36,6 +36,8 @@ from .preprocessing import PreparedCase
 TASKS = ("lesion", "breast")
 #: How the input slices are held in memory (see :meth:`SliceDataset._input_slices`).
 STORAGE_DTYPE = np.float16
+#: The largest cross-entropy weight :func:`lesion_weights` gives (spicule tips cut off by resampling stay modest).
+MAX_LESION_WEIGHT = 10.0
 
 
 class Approach(str, Enum):
@@ -110,21 +112,39 @@ def slice_repeats(lesions: np.ndarray, lesion_slice_repeats: int = 1, lesion_vis
     return repeats
 
 
+def lesion_weights(lesions: np.ndarray, voxel_mm3: float, reference_mm3: float) -> np.ndarray:
+    """Cross-entropy weight of every voxel of a stack (N, H, W) of lesion masks: sqrt(reference / volume) inside a
+    lesion smaller than ``reference_mm3`` (at most :data:`MAX_LESION_WEIGHT`), 1 in larger ones, 0 outside.
+
+    A lesion is a 26-connected component across the stack, as the evaluation counts lesions. Per voxel, a 30 mm3
+    focus weighs 130 times less in the loss than a 4 ml mass, so a network can miss every focus at little cost;
+    the square root narrows that gap without letting a few voxels dominate. MONAI and nnU-Net weigh voxels alike.
+    """
+    components, _ = ndimage.label(lesions, structure=np.ones((3, 3, 3), bool))
+    volumes_mm3 = np.bincount(components.ravel()) * voxel_mm3
+    weights = np.clip(np.sqrt(reference_mm3 / np.maximum(volumes_mm3, 1e-6)), 1.0, MAX_LESION_WEIGHT)
+    weights[0] = 0.0
+    return weights[components].astype(np.float32)
+
+
 class SliceDataset(Dataset):
-    """Slices {"image": (C, H, W) float32, "label": (1, H, W) float32, "case_id", "slice"} of prepared cases."""
+    """Slices {"image": (C, H, W) float32, "label": (1, H, W) float32, "case_id", "slice"} of prepared cases, and
+    "lesion_weight" (1, H, W) float32 with ``lesion_weight_mm3`` (see :func:`lesion_weights`)."""
 
     def __init__(self, cases: Sequence[PreparedCase], approach: Approach | str = Approach.WV_NO_BRS,
                  task: str = "lesion", breast_masks: Mapping[str, np.ndarray] | None = None,
                  transform: Callable | None = None, multiple: int = DEFAULT_MULTIPLE, ov_height: int | None = None,
                  safe_distance_mm: float | None = DEFAULT_SAFE_DISTANCE_MM, safe_distance_px: int | None = None,
-                 breast_slices: bool = False, lesion_slice_repeats: int = 1, lesion_visits: int | None = None):
+                 breast_slices: bool = False, lesion_slice_repeats: int = 1, lesion_visits: int | None = None,
+                 lesion_weight_mm3: float | None = None):
         """``ov_height`` fixes the OV crop height (e.g. a model card's); by default it is the largest over ``cases``.
 
         ``breast_slices`` takes every slice with breast instead of the approach's own choice (BRS approaches only):
         a model that will run on every breast slice at inference then also learns from slices without lesion.
         ``lesion_slice_repeats`` lists each slice with lesion that many times per epoch (oversampling the rare class);
         ``lesion_visits`` lists every lesion's slices often enough that it is seen on that many slices per epoch
-        (see :func:`slice_repeats`).
+        (see :func:`slice_repeats`). ``lesion_weight_mm3`` adds each sample's cross-entropy weights of lesions
+        smaller than that (see :func:`lesion_weights`).
         """
         self.approach = Approach(approach)
         if task == "breast" and self.approach is not Approach.WV_NO_BRS:
@@ -151,6 +171,9 @@ class SliceDataset(Dataset):
                    else np.ones(len(target), dtype=int) for target in self.labels]
         self.index = [(case_index, local) for case_index, counts in enumerate(repeats)
                       for local, count in enumerate(counts) for _ in range(count)]
+        self.lesion_weights = None if lesion_weight_mm3 is None else [
+            self._weights_of_lesion_slices(case, target[:, 0], lesion_weight_mm3)
+            for case, target in zip(cases, self.labels)]
 
     @staticmethod
     def _ov_boxes(cases: Sequence[PreparedCase], brs_masks: Sequence[np.ndarray], ov_height: int | None,
@@ -160,6 +183,13 @@ class SliceDataset(Dataset):
         if ov_height is None:
             return uniform_ov_boxes(brs_masks, spacings, safe_distance_mm, safe_distance_px, multiple)
         return ov_height, [ov_crop_box(mask, spacing, height=ov_height) for mask, spacing in zip(brs_masks, spacings)]
+
+    @staticmethod
+    def _weights_of_lesion_slices(case: PreparedCase, stack: np.ndarray, reference_mm3: float) -> dict[int, np.ndarray]:
+        """The (1, H, W) weight map of every slice with lesion (float16), by its place in the stack; the other
+        slices have no lesion voxel to weigh, and leaving them out keeps the memory small."""
+        weights = lesion_weights(stack, float(np.prod(case.grid.spacing)), reference_mm3)
+        return {int(local): weights[local, None].astype(STORAGE_DTYPE) for local in np.flatnonzero(stack.any((1, 2)))}
 
     def _selected_slices(self, case: PreparedCase, label: np.ndarray, brs_mask: np.ndarray | None) -> np.ndarray:
         if self.breast_slices:
@@ -192,6 +222,10 @@ class SliceDataset(Dataset):
             "image": torch.from_numpy(self.images[case_index][local].astype(np.float32)),
             "label": torch.from_numpy(self.labels[case_index][local].astype(np.float32)),
         }
+        if self.lesion_weights is not None:
+            weight = self.lesion_weights[case_index].get(local)
+            sample["lesion_weight"] = (torch.zeros_like(sample["label"]) if weight is None
+                                       else torch.from_numpy(weight.astype(np.float32)))
         if self.transform is not None:
             sample = augment(sample, self.transform, draw_seed())
         return {**sample, "case_id": self.case_ids[case_index],

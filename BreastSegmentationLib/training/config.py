@@ -73,6 +73,7 @@ class TrainConfig:
     slices: str = "approach"
     lesion_slice_repeats: int = 1
     lesion_visits: int | None = None
+    lesion_weight_mm3: float | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     safe_distance_mm: float = 16.0
     augmentation: float = 0.0
@@ -105,6 +106,9 @@ class TrainConfig:
         if self.lesion_slice_repeats < 1 or (self.lesion_visits is not None and self.lesion_visits < 1):
             raise InputError(f"lesion_slice_repeats and lesion_visits must be at least 1, got "
                              f"{self.lesion_slice_repeats} and {self.lesion_visits}")
+        if self.lesion_weight_mm3 is not None and not (self.task == "lesion" and self.lesion_weight_mm3 > 0):
+            raise InputError(f"lesion_weight_mm3 must be a positive volume and is for lesion models, got "
+                             f"{self.lesion_weight_mm3} for a {self.task} model")
         if self.run_folds is not None and any(not 0 <= k < self.folds for k in self.run_folds):
             raise InputError(f"run_folds {self.run_folds} must be fold numbers from 0 to {self.folds - 1}")
         if self.contrast_uptake_range is not None:

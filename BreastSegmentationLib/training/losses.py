@@ -2,7 +2,9 @@
 
 Every loss takes logits ``(B, C, *spatial)`` and a binary target of the same shape; each output channel is
 an independent sigmoid (the project's models have 1 output). A loss is data: which terms, their default
-weights, and whether the weights must sum to 1 (a convex mix such as the seed-000 hybrid loss).
+weights, and whether the weights must sum to 1 (a convex mix such as the seed-000 hybrid loss). An optional
+``lesion_weight`` map of the same shape weighs the cross-entropy of foreground voxels (small lesions count more,
+see :func:`~..data.slices.lesion_weights`); background voxels keep weight 1.
 """
 
 from __future__ import annotations
@@ -12,18 +14,33 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceLoss, FocalLoss
 from torch import nn
 
 from ..errors import InputError
+
+class ForegroundWeightedBCE(nn.Module):
+    """Binary cross-entropy on logits, the foreground voxels weighted by an optional ``lesion_weight`` map.
+
+    ``nn.BCEWithLogitsLoss`` fixes its weight when it is built; this weight changes with every batch.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                lesion_weight: torch.Tensor | None = None) -> torch.Tensor:
+        weight = None if lesion_weight is None else torch.where(target > 0, lesion_weight, 1.0)
+        return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
 
 #: Loss terms by name; ``batch_dice`` makes Dice and IoU pool the whole batch (nnU-Net's batch Dice).
 TERMS: dict[str, Callable[[bool], nn.Module]] = {
     "dice": lambda batch_dice: DiceLoss(sigmoid=True, batch=batch_dice),
     "iou": lambda batch_dice: DiceLoss(sigmoid=True, jaccard=True, batch=batch_dice),
     "focal": lambda batch_dice: FocalLoss(gamma=2.0),
-    "bce": lambda batch_dice: nn.BCEWithLogitsLoss(),
+    "bce": lambda batch_dice: ForegroundWeightedBCE(),
 }
+#: Terms that take the ``lesion_weight`` map (Dice and IoU are ratios over the batch; their voxels stay equal).
+VOXEL_WEIGHTED_TERMS = ("bce",)
 
 
 @dataclass(frozen=True)
@@ -56,13 +73,16 @@ class WeightedLoss(nn.Module):
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = dict(weights)
 
-    def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The unweighted value of every term."""
+    def components(self, logits: torch.Tensor, target: torch.Tensor,
+                   lesion_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The value of every term before the terms' weights (the cross-entropy with ``lesion_weight``)."""
         target = target.to(logits.dtype)
-        return {name: term(logits, target) for name, term in self.terms.items()}
+        return {name: term(logits, target, lesion_weight) if name in VOXEL_WEIGHTED_TERMS else term(logits, target)
+                for name, term in self.terms.items()}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        parts = self.components(logits, target)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                lesion_weight: torch.Tensor | None = None) -> torch.Tensor:
+        parts = self.components(logits, target, lesion_weight)
         return sum(self.weights[name] * value for name, value in parts.items())
 
 

@@ -91,13 +91,14 @@ def _patch_sampling(config: TrainConfig) -> list:
     patches = config.patches
     if not patches.enhancing_ratio:
         return [RandCropByPosNegLabeld(KEYS, "label", patches.size, pos=patches.foreground_ratio,
-                                       neg=1.0 - patches.foreground_ratio, num_samples=1, allow_smaller=True),
+                                       neg=1.0 - patches.foreground_ratio, num_samples=1, allow_smaller=True,
+                                       allow_missing_keys=True),
                 _first_patch]
     ratios = [1.0 - patches.foreground_ratio - patches.enhancing_ratio, patches.foreground_ratio,
               patches.enhancing_ratio]
     return [SamplingClasses(config.inputs.index("subtraction")),
             RandCropByLabelClassesd(KEYS, SAMPLING, patches.size, ratios=ratios, num_classes=len(ratios),
-                                    num_samples=1, allow_smaller=True, warn=False),
+                                    num_samples=1, allow_smaller=True, warn=False, allow_missing_keys=True),
             _first_patch]
 
 
@@ -134,6 +135,7 @@ def make_slice_dataset(config: TrainConfig, cases: list[PreparedCase], training:
         breast_slices=config.slices == "breast",
         lesion_slice_repeats=config.lesion_slice_repeats if training else 1,
         lesion_visits=config.lesion_visits if training else None,
+        lesion_weight_mm3=config.lesion_weight_mm3 if training else None,
     )
 
 

@@ -116,7 +116,9 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, de
             labels = batch["label"].to(device, non_blocking=True).float()
             with torch.autocast(device_type=device.type, dtype=precision, enabled=precision is not None):
                 logits = model(images)
-            loss = loss_fn(logits.float(), labels)  # losses in float32: Dice sums and logs need the precision
+            weights = batch.get("lesion_weight")
+            extra = () if weights is None else (weights.to(device, non_blocking=True).float(),)
+            loss = loss_fn(logits.float(), labels, *extra)  # in float32: Dice sums and logs need the precision
             if training:
                 optimiser.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -160,7 +162,7 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def fit(
     model: torch.nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
     train_dataset: Dataset,
     val_dataset: Dataset,
     settings: OptimisationSettings,
@@ -170,6 +172,8 @@ def fit(
     progress: Progress | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_dataset``; keep the weights of the epoch with the lowest validation loss.
+
+    ``loss_fn(logits, labels)`` also gets a batch's ``lesion_weight`` map when its samples have one.
 
     Resumes from ``work_dir/checkpoint.pt`` when one exists. Writes ``log.csv`` (one row per epoch) and the
     checkpoint in ``work_dir`` (main process only).
