@@ -1,8 +1,8 @@
 """Training augmentation (MONAI dictionary transforms) for 2-D slices and 3-D patches.
 
 Used for domain randomisation of the bundled models: spatial changes applied alike to ``image``, ``label`` and
-``lesion_weight`` (when a sample has one), intensity changes to ``image`` only. Mirroring is left-right only: anterior-posterior and head-feet flips would
-give anatomy that never occurs (breasts behind the chest wall). :class:`RandContrastUptaked` scales the contrast
+``lesion_weight`` (when a sample has one), intensity changes to ``image`` only. Mirroring is left-right only:
+anterior-posterior and head-feet flips would give anatomy that never occurs (breasts behind the chest wall). :class:`RandContrastUptaked` scales the contrast
 uptake of a whole sample, as contrast dose, injection timing and field strength do between protocols.
 """
 

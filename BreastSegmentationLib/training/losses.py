@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import InputError
 
+
 class ForegroundWeightedBCE(nn.Module):
     """Binary cross-entropy on logits, the foreground voxels weighted by an optional ``lesion_weight`` map.
 
