@@ -99,6 +99,7 @@ def test_breast_slices_option_takes_every_slice_with_breast(phantom_lesion_manif
     ({"lesion_weight_mm3": -5}, "lesion_weight_mm3 must be a positive volume"),
     ({"lesion_weight_mm3": 500, "task": "breast", "approach": "wv"}, "is for lesion models"),
     ({"contrast_uptake_range": [0.5, 1.5], "inputs": ["post"]}, "needs the pre-contrast input"),
+    ({"initial_member": -1}, "initial_member must be 0 or more"),
 ])
 def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_lesion_manifest, change, message,
                                                             capsys):
@@ -111,19 +112,31 @@ def test_bad_configurations_fail_before_training_with_exit_2(tmp_path, phantom_l
 BUNDLED_LESION_CARD = bundled_models_dir() / "lesion_unet_small.json"
 
 
-def test_initial_model_starts_training_from_its_weights(tmp_path, phantom_lesion_manifest):
-    """Fine-tuning the bundled lesion model, an ensemble, starts from its first network: with a learning rate of 0
-    that network's weights come out unchanged."""
+@pytest.mark.parametrize("member", [None, 1])
+def test_initial_model_starts_training_from_its_weights(tmp_path, phantom_lesion_manifest, member):
+    """Fine-tuning the bundled lesion model, an ensemble, starts from its first network, or from the network that
+    ``initial_member`` names: with a learning rate of 0 that network's weights come out unchanged."""
     networks, card = load_networks(BUNDLED_LESION_CARD)
-    bundled = networks[0]
+    start = networks[member or 0]
+    chosen = {} if member is None else {"initial_member": member}
     config = write_config(tmp_path, phantom_lesion_manifest, inputs=card.inputs, initial_model=str(BUNDLED_LESION_CARD),
                           preprocessing={"spacing_mm": [2.5, 2.5], "subtraction": True, "enhancement": True},
-                          optimisation={"epochs": 1, "batch_size": 8, "learning_rate": 0.0})
+                          optimisation={"epochs": 1, "batch_size": 8, "learning_rate": 0.0}, **chosen)
     assert main(["--progress", "none", "train", str(config)]) == 0
     tuned, _ = load_model(tmp_path / "runs" / "tiny" / "model" / "tiny.json")
-    for (name, before), (_, after) in zip(bundled.named_parameters(), tuned.named_parameters()):
+    for (name, before), (_, after) in zip(start.named_parameters(), tuned.named_parameters()):
         assert torch.equal(before, after), name
     assert load_config(config).initial_model == str(BUNDLED_LESION_CARD.resolve())
+
+
+def test_initial_member_beyond_the_ensemble_fails_before_training(tmp_path, phantom_lesion_manifest, capsys):
+    card = load_networks(BUNDLED_LESION_CARD)[1]
+    config = write_config(tmp_path, phantom_lesion_manifest, inputs=card.inputs, initial_model=str(BUNDLED_LESION_CARD),
+                          preprocessing={"spacing_mm": [2.5, 2.5], "subtraction": True, "enhancement": True},
+                          initial_member=len(card.members))
+    assert main(["--progress", "none", "train", str(config)]) == 2
+    assert f"initial_member {len(card.members)} names no network of initial_model" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny").exists()
 
 
 def test_initial_model_of_another_network_fails_before_training(tmp_path, phantom_lesion_manifest, capsys):

@@ -13,7 +13,8 @@ Example (every key but ``name``, ``task`` and ``dataset`` has a default)::
     }
 
 ``initial_model`` (a model card) starts the network from that model's weights instead of random ones: fine-tuning a
-bundled model on new data. Relative paths are read from the configuration file's folder. ``contrast_uptake_range``
+bundled model on new data; ``initial_member`` picks the network of an ensemble card (default 0, the first). Relative
+paths are read from the configuration file's folder. ``contrast_uptake_range``
 (e.g. [0.5, 1.5], with ``augmentation`` on) scales each training sample's contrast uptake by a random factor
 (:class:`~..data.augmentation.RandContrastUptaked`).
 """
@@ -87,6 +88,7 @@ class TrainConfig:
     device: str = "auto"
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
     initial_model: str | None = None
+    initial_member: int = 0
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -109,6 +111,9 @@ class TrainConfig:
         if self.lesion_weight_mm3 is not None and not (self.task == "lesion" and self.lesion_weight_mm3 > 0):
             raise InputError(f"lesion_weight_mm3 must be a positive volume and is for lesion models, got "
                              f"{self.lesion_weight_mm3} for a {self.task} model")
+        if self.initial_member < 0:
+            raise InputError(f"initial_member must be 0 or more (a network of the initial_model's card), got "
+                             f"{self.initial_member}")
         if self.run_folds is not None and any(not 0 <= k < self.folds for k in self.run_folds):
             raise InputError(f"run_folds {self.run_folds} must be fold numbers from 0 to {self.folds - 1}")
         if self.contrast_uptake_range is not None:

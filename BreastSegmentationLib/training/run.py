@@ -221,14 +221,17 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
 
     Read before the hours of data preparation, so that a wrong card fails at once; the card must describe the same
     task, network and inputs as the configuration, or its weights would not mean what the new training assumes. An
-    ensemble card starts training from its first network (the bundled lesion ensemble's others are fine-tunings of it).
+    ensemble card starts training from its network ``config.initial_member`` (default the first).
     """
     if config.initial_model is None:
         return None
     networks, card = load_networks(config.initial_model)
+    if config.initial_member >= len(networks):
+        raise InputError(f"initial_member {config.initial_member} names no network of initial_model, which has "
+                         f"{len(networks)}", config.initial_model)
     if len(networks) > 1:
-        log.info("initial_model is an ensemble of %d networks: training starts from the first, %s",
-                 len(networks), card.members[0][0])
+        log.info("initial_model is an ensemble of %d networks: training starts from network %d, %s",
+                 len(networks), config.initial_member, card.members[config.initial_member][0])
     mismatched = [key for key, ours, theirs in (
         ("task", config.task, card.task), ("architecture", config.architecture, card.architecture),
         ("architecture_options", dict(config.architecture_options), dict(card.architecture_kwargs)),
@@ -236,7 +239,7 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     if mismatched:
         raise InputError(f"initial_model differs from the configuration in {', '.join(mismatched)}: its weights "
                          "cannot start this network", config.initial_model)
-    return networks[0].state_dict()
+    return networks[config.initial_member].state_dict()
 
 
 def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
