@@ -31,23 +31,31 @@ from BreastSegmentationLib.reports.tables import markdown_table
 TARGETS = {"breast_dice": 0.95, "lesion_dice": 0.75, "detected_over_20mm3": 0.90, "fp_per_case": 1.0}
 
 
+#: Reference lesions from 20 mm3 up to this volume are the small ones (foci up to about 6.5 mm across), reported apart.
+SMALL_LESION_MM3 = 150.0
+
+
 def lesion_scores(lesions: sitk.Image, reference: sitk.Image) -> dict:
     """Lesion Dice (from voxel counts: surface distances are not needed here), reference lesions, those over
-    20 mm3 and how many of them were found, and false-positive lesions of one study."""
-    matching = match_lesions(lesions > 0, reference, bins=(20.0,))
-    large = next(b for b in matching["bins"] if b["min_mm3"] >= 20.0)
+    20 mm3 and how many of them were found (and of those up to 150 mm3), and false-positive lesions of one study."""
+    matching = match_lesions(lesions > 0, reference, bins=(20.0, SMALL_LESION_MM3))
+    small, larger = (b for b in matching["bins"] if b["min_mm3"] >= 20.0)
     dice = scores_from_counts(*overlap_counts(mask_array(lesions > 0), mask_array(reference)))["dice"]
     return {"lesion_dice": float(dice), "lesions": matching["tp"] + matching["fn"],
-            "large_lesions": large["tp"] + large["fn"], "large_detected": large["tp"], "fp_lesions": matching["fp"]}
+            "large_lesions": small["tp"] + small["fn"] + larger["tp"] + larger["fn"],
+            "large_detected": small["tp"] + larger["tp"], "small_lesions": small["tp"] + small["fn"],
+            "small_detected": small["tp"], "fp_lesions": matching["fp"]}
 
 
 def summarise_lesions(rows: list[dict]) -> dict:
-    """Mean lesion Dice over studies with lesions, share of large lesions found, false positives per study."""
+    """Mean lesion Dice over studies with lesions, share of large lesions found (and of the small ones among them:
+    20-150 mm3), false positives per study."""
     with_lesions = [r for r in rows if r["lesions"] > 0]
-    large = sum(r["large_lesions"] for r in rows)
+    large, small = sum(r["large_lesions"] for r in rows), sum(r["small_lesions"] for r in rows)
     return {
         "lesion_dice": float(np.mean([r["lesion_dice"] for r in with_lesions])) if with_lesions else None,
         "detected_over_20mm3": sum(r["large_detected"] for r in rows) / large if large else None,
+        "detected_20_150mm3": sum(r["small_detected"] for r in rows) / small if small else None,
         "fp_per_case": float(np.mean([r["fp_lesions"] for r in rows])),
     }
 
