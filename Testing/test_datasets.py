@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,19 @@ def test_brs_masking_zeroes_everything_outside_the_breast(prepared):
         assert torch.all(masked[index]["image"][:, outside] == 0)
         assert torch.equal(masked[index]["image"][:, ~outside], without[index]["image"][:, ~outside])
     assert torch.any(without[0]["image"] != 0)
+
+
+def test_slice_datasets_hold_no_copy_of_the_images(prepared):
+    """Training holds a few hundred prepared studies: a dataset over them must not need their images twice."""
+    tracemalloc.start()
+    dataset = SliceDataset([prepared], Approach.OV, breast_slices=True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < prepared.image.nbytes / 2  # masks and labels take 1 byte a voxel, the image 8
+    number, (rows, cols) = dataset[0]["slice"], (slice(*dataset.boxes["p1"].rows), slice(*dataset.boxes["p1"].cols))
+    expected = (prepared.image[:, number] * prepared.breast[number])[:, rows, cols]
+    assert np.array_equal(dataset[0]["image"].numpy(), expected)
+    assert np.array_equal(dataset.input_slices(0)[0], expected)
 
 
 def test_predicted_breast_masks_replace_the_ground_truth(prepared):

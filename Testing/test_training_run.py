@@ -223,7 +223,7 @@ def test_lesion_inputs_in_training_equal_those_at_inference(phantom_lesion_manif
     [full] = prepare_checked([record], "lesion", config.preprocess)
     dataset = make_slice_dataset(config, [training_view(config, full)], training=False)
     _, at_inference = lesion_input(full, full.breast, config.inputs, {"safe_distance_mm": config.safe_distance_mm})
-    in_training = dataset.images[0].astype(np.float32)
+    in_training = dataset.input_slices(0)
     assert in_training.shape[:2] == (at_inference.shape[1], len(inputs))
     assert np.allclose(in_training.sum(axis=(2, 3)), np.moveaxis(at_inference, 0, 1).sum(axis=(2, 3)), rtol=2e-3,
                        atol=0.5)

@@ -5,9 +5,10 @@
 - SLS with BRS: only the slices that contain lesion.
 - OV with BRS: SLS cropped in-plane to the OV box (:mod:`.crops`), one height for the whole dataset.
 
-The BRS mask is the case's ground truth or a given (predicted) one, as in the paper. Arrays are held in memory once
-per case; slices are padded at the far end (high rows and columns) to a common shape, a multiple of 32, so the
-network's five poolings fit and slices of different cases batch together.
+The BRS mask is the case's ground truth or a given (predicted) one, as in the paper. A dataset holds no copy of the
+cases' images: each slice is masked, cropped and padded when it is asked for, so that training on a few hundred
+studies needs their prepared arrays once. Slices are padded at the far end (high rows and columns) to a common shape,
+a multiple of 32, so the network's five poolings fit and slices of different cases batch together.
 """
 
 from __future__ import annotations
@@ -160,12 +161,13 @@ class SliceDataset(Dataset):
                                                    multiple)
             self.boxes = {case.case_id: box for case, box in zip(cases, boxes)}
         selected = [self._selected_slices(case, label, mask) for case, label, mask in zip(cases, labels, brs_masks)]
-        in_plane = [self._crop(case, case.image[0, 0]).shape for case, chosen in zip(cases, selected) if len(chosen)]
+        in_plane = [self._crop(case.case_id, case.image[0, 0]).shape for case, chosen in zip(cases, selected)
+                    if len(chosen)]
         self.spatial_shape = tuple(round_up(max(sizes), multiple) for sizes in zip(*in_plane)) if in_plane else (0, 0)
-        self.images = [self._input_slices(case, mask, chosen) for case, mask, chosen in zip(cases, brs_masks, selected)]
-        self.labels = [pad_to(self._crop(case, label[chosen][:, None]).astype(np.uint8), self.spatial_shape)
-                       for case, label, chosen in zip(cases, labels, selected)]
         self.case_ids = [case.case_id for case in cases]
+        self._images, self._brs_masks = [case.image for case in cases], brs_masks
+        self.labels = [pad_to(self._crop(case.case_id, label[chosen][:, None]).astype(np.uint8), self.spatial_shape)
+                       for case, label, chosen in zip(cases, labels, selected)]
         self.slice_numbers = selected
         repeats = [slice_repeats(target[:, 0], lesion_slice_repeats, lesion_visits) if task == "lesion"
                    else np.ones(len(target), dtype=int) for target in self.labels]
@@ -198,19 +200,26 @@ class SliceDataset(Dataset):
             return lesion_slice_indices(label)
         return np.arange(case.shape[0])
 
-    def _input_slices(self, case: PreparedCase, brs_mask: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) input slices, stored as float16 (half the memory of large datasets; a network's float32
-        sees the same values to 3 significant digits): chosen, BRS-masked where the approach says so, OV-cropped,
-        zero-padded to the dataset's shape. Filled slice by slice so that no second copy of the case is made."""
-        slices = np.zeros((len(chosen), case.image.shape[0], *self.spatial_shape), dtype=STORAGE_DTYPE)
-        for index, number in enumerate(chosen):
-            image = case.image[:, number] if brs_mask is None else case.image[:, number] * brs_mask[number]
-            cropped = self._crop(case, image)
-            slices[index, :, :cropped.shape[-2], :cropped.shape[-1]] = cropped
-        return slices
+    def _input_slice(self, case_index: int, number: int) -> np.ndarray:
+        """The (C, H, W) float32 input of slice ``number`` of a case: BRS-masked where the approach says so,
+        OV-cropped, zero-padded to the dataset's shape. Made when asked for rather than held, so that the dataset
+        needs no second copy of the cases' images (training keeps them as float16, :data:`STORAGE_DTYPE`)."""
+        case_id = self.case_ids[case_index]
+        cropped = self._crop(case_id, self._images[case_index][:, number])
+        padded = np.zeros((cropped.shape[0], *self.spatial_shape), dtype=np.float32)
+        inside = padded[:, :cropped.shape[-2], :cropped.shape[-1]]
+        inside[...] = cropped
+        brs_mask = self._brs_masks[case_index]
+        if brs_mask is not None:
+            inside *= self._crop(case_id, brs_mask[number])
+        return padded
 
-    def _crop(self, case: PreparedCase, slices: np.ndarray) -> np.ndarray:
-        box: CropBox | None = self.boxes.get(case.case_id)
+    def input_slices(self, case_index: int) -> np.ndarray:
+        """(N, C, H, W) float32: the inputs of all the dataset's slices of one case, in slice order."""
+        return np.stack([self._input_slice(case_index, number) for number in self.slice_numbers[case_index]])
+
+    def _crop(self, case_id: str, slices: np.ndarray) -> np.ndarray:
+        box: CropBox | None = self.boxes.get(case_id)
         return slices if box is None else slices[..., slice(*box.rows), slice(*box.cols)]
 
     def __len__(self) -> int:
@@ -219,7 +228,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, item: int) -> dict:
         case_index, local = self.index[item]
         sample = {
-            "image": torch.from_numpy(self.images[case_index][local].astype(np.float32)),
+            "image": torch.from_numpy(self._input_slice(case_index, self.slice_numbers[case_index][local])),
             "label": torch.from_numpy(self.labels[case_index][local].astype(np.float32)),
         }
         if self.lesion_weights is not None:

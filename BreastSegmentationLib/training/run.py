@@ -112,9 +112,9 @@ def slice_training_transform(config: TrainConfig) -> Compose | None:
 
 
 def training_view(config: TrainConfig, case: PreparedCase) -> PreparedCase:
-    """The channels the model takes, held as float16 like the slice datasets hold them; only the breast's (and
-    lesions') slices and rows when the datasets never look elsewhere (breast-masked inputs from breast or lesion
-    slices). Both keep datasets of a hundred studies and more in memory."""
+    """The channels the model takes, held as float16 (:data:`STORAGE_DTYPE`); only the breast's (and lesions')
+    slices and rows when the datasets never look elsewhere (breast-masked inputs from breast or lesion slices). Both
+    keep datasets of a hundred studies and more in memory; the slice datasets cut their slices from these arrays."""
     case = select_channels(case, config.inputs)
     approach = Approach(config.approach)
     if approach.uses_brs and (config.slices == "breast" or approach.lesion_slices_only):
@@ -143,7 +143,7 @@ def predict_case(model: torch.nn.Module, dataset: SliceDataset, case: PreparedCa
                  device: torch.device) -> np.ndarray:
     """Probabilities on ``case``'s prepared grid for the slices (and crop) the dataset's approach uses."""
     case_index = dataset.case_ids.index(case.case_id)
-    images = np.moveaxis(dataset.images[case_index], 0, 1).astype(np.float32)  # (C, N, H, W): slices as a volume
+    images = np.moveaxis(dataset.input_slices(case_index), 0, 1)  # (C, N, H, W): slices as a volume
     probabilities = predict_slices([model], images, range(images.shape[1]), device)
     box = dataset.boxes.get(case.case_id)
     rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
