@@ -1,9 +1,11 @@
 """The accuracy benchmark's per-study lesion scores (benchmarks/ is a folder of scripts, put on the path here)."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -37,3 +39,13 @@ def test_lesion_scores_count_small_lesions_apart_among_the_large_ones():
     assert summary["detected_over_20mm3"] == 0.75
     assert summary["detected_20_150mm3"] == 0.5
     assert summary["fp_per_case"] == 0.5
+
+
+@pytest.mark.parametrize("script", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),
+                         ids=lambda path: path.name)
+def test_benchmark_scripts_import(script, monkeypatch):
+    """The benchmarks run for hours and no test runs them whole: at least each must still load against the library."""
+    specification = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
+    module = importlib.util.module_from_spec(specification)
+    monkeypatch.setitem(sys.modules, specification.name, module)  # dataclasses look their module up there
+    specification.loader.exec_module(module)

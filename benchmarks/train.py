@@ -36,7 +36,7 @@ from torch.utils.data import Subset  # noqa: E402
 
 from BreastSegmentationLib.data.datasets import load_dataset  # noqa: E402
 from BreastSegmentationLib.data.phantom import PhantomConfig, write_cases  # noqa: E402
-from BreastSegmentationLib.data.preprocessing import PreparedCase, prepare_records  # noqa: E402
+from BreastSegmentationLib.data.preprocessing import PreparedCase, prepare_checked  # noqa: E402
 from BreastSegmentationLib.data.slices import SliceDataset  # noqa: E402
 from BreastSegmentationLib.io.outputs import atomic_output_file  # noqa: E402
 from BreastSegmentationLib.models.registry import build_model  # noqa: E402
@@ -68,7 +68,7 @@ def make_cases(folder: Path, settings: Settings) -> list[PreparedCase]:
     """Phantom cases (every one with a lesion, so OV has slices), prepared as training prepares them."""
     write_cases(folder / "phantoms", settings.cases, settings.seed, PhantomConfig(lesion_count_range=(1, 3)),
                 shape=settings.shape)
-    return prepare_records(load_dataset(folder / "phantoms"), masks=("breast", "lesions"))
+    return prepare_checked(load_dataset(folder / "phantoms"), "lesion", masks=("breast", "lesions"))
 
 
 def write_prepared_volumes(cases: list[PreparedCase], folder: Path) -> list[dict[str, Path]]:
