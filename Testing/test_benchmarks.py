@@ -2,6 +2,7 @@
 
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from accuracy import lesion_scores, summarise_lesions  # noqa: E402
+from false_positives import false_positive_rows, tally  # noqa: E402
+
+from BreastSegmentationLib.data.phantom_anatomy import Tissue  # noqa: E402
 
 
 def mask_image(boxes: list[tuple[slice, slice, slice]]) -> sitk.Image:
@@ -39,6 +43,23 @@ def test_lesion_scores_count_small_lesions_apart_among_the_large_ones():
     assert summary["detected_over_20mm3"] == 0.75
     assert summary["detected_20_150mm3"] == 0.5
     assert summary["fp_per_case"] == 0.5
+
+
+def test_false_positives_are_named_by_the_tissue_under_most_of_them():
+    reference = mask_image([MASS])
+    node = (slice(0, 2), slice(30, 34), slice(30, 34))
+    tissue_array = np.full((20, 40, 40), Tissue.FAT, np.uint8)
+    tissue_array[0:2, 30:34, 30:33] = Tissue.LYMPH_NODE  # 3 of the false positive's 4 columns
+    tissue_array[MASS] = Tissue.GLAND
+    tissue = sitk.GetImageFromArray(tissue_array)
+    tissue.CopyInformation(reference)
+    probability = sitk.Cast(mask_image([MASS, node]), sitk.sitkFloat32) * 0.8
+    rows = false_positive_rows(mask_image([MASS, node]), probability, reference, tissue)
+    assert rows == [{"tissue": "lymph_node", "volume_mm3": 64.0, "peak_probability": 0.8}]
+    by_tissue, by_bpe = tally([{**rows[0], "bpe": "mild"}], Counter({"mild": 2, "marked": 1}))
+    assert by_tissue == [{"tissue": "lymph_node", "false_positives": 1}]
+    assert by_bpe == [{"bpe": "marked", "studies": 1, "false_positives": 0, "per_study": 0.0},
+                      {"bpe": "mild", "studies": 2, "false_positives": 1, "per_study": 0.5}]
 
 
 @pytest.mark.parametrize("script", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),
