@@ -14,7 +14,8 @@ from BreastSegmentationLib.data.phantom import PhantomConfig, write_cases
 from BreastSegmentationLib.data.slices import Approach
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.reports.maps import OverlayPanel, midline_profile, total_map
-from BreastSegmentationLib.training.experiments import approaches_config, merge_options
+from BreastSegmentationLib.training.config import merge_options
+from BreastSegmentationLib.training.experiments import approaches_config
 
 TITLES = [approach.title for approach in Approach]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

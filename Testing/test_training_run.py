@@ -19,6 +19,7 @@ from BreastSegmentationLib.data.datasets import load_dataset, write_manifest
 from BreastSegmentationLib.data.phantom import write_cases
 from BreastSegmentationLib.data.preprocessing import PreprocessConfig, prepare_checked
 from BreastSegmentationLib.data.slices import SliceDataset
+from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
 from BreastSegmentationLib.models.cards import load_model, load_networks
 from BreastSegmentationLib.models.registry import ARCHITECTURES
@@ -276,6 +277,34 @@ def test_contrast_uptake_range_reaches_the_training_augmentation():
     (uptake,) = uptake_steps(transform)
     assert np.exp(uptake.log_range) == pytest.approx((0.6, 1.4))
     assert uptake.post_pairs == [(1, 0)] and uptake.enhancement == [2]
+
+
+def test_a_configuration_extends_another_with_its_paths_read_from_its_own_folder(tmp_path):
+    """The extending file's keys win, nested sections merge key by key, and each file's relative paths are read
+    from the folder of the file that names them."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "parent.json").write_text(json.dumps({
+        "name": "parent", "task": "lesion", "dataset": "data/studies.csv", "output_dir": "runs",
+        "optimisation": {"epochs": 7, "batch_size": 4}, "preprocessing": {"spacing_mm": [2.0, 2.0]}}))
+    (tmp_path / "child.json").write_text(json.dumps({
+        "extends": "base/parent.json", "name": "child", "output_dir": "mine", "optimisation": {"epochs": 2}}))
+    config = load_config(tmp_path / "child.json")
+    assert config.name == "child"
+    assert config.dataset == str((tmp_path / "base" / "data" / "studies.csv").resolve())
+    assert config.output_dir == str((tmp_path / "mine").resolve())
+    assert (config.optimisation.epochs, config.optimisation.batch_size) == (2, 4)
+    assert config.preprocess.spacing_mm == (2.0, 2.0)
+
+
+def test_configurations_that_extend_each_other_in_a_circle_or_a_missing_file_are_named(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "b.json", "name": "a"}))
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a.json", "name": "b"}))
+    with pytest.raises(InputError, match="circle: a.json -> b.json -> a.json"):
+        load_config(tmp_path / "a.json")
+    (tmp_path / "c.json").write_text(json.dumps({"extends": "gone.json", "name": "c"}))
+    with pytest.raises(InputError, match="training configuration not found.*extended by c.json") as error:
+        load_config(tmp_path / "c.json")
+    assert error.value.path.endswith("gone.json")
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)

@@ -51,8 +51,8 @@ from ..models.cards import load_model
 from ..progress import Progress, silent
 from ..reports.maps import plot_bag_histograms
 from ..reports.tables import markdown_table, write_csv, write_json
-from .config import TrainConfig
-from .experiments import mean_and_sd, merge_options, prepare_study_cases, study_config, train_folds
+from .config import TrainConfig, merge_options
+from .experiments import mean_and_sd, prepare_study_cases, study_config, train_folds
 from .run import make_slice_dataset, predict_case
 from .splits import split_patients
 

@@ -14,9 +14,13 @@ Example (every key but ``name``, ``task`` and ``dataset`` has a default)::
 
 ``initial_model`` (a model card) starts the network from that model's weights instead of random ones: fine-tuning a
 bundled model on new data; ``initial_member`` picks the network of an ensemble card (default 0, the first). Relative
-paths are read from the configuration file's folder. ``contrast_uptake_range``
+paths are read from the folder of the configuration file that names them. ``contrast_uptake_range``
 (e.g. [0.5, 1.5], with ``augmentation`` on) scales each training sample's contrast uptake by a random factor
 (:class:`~..data.augmentation.RandContrastUptaked`).
+
+``extends`` names another configuration file (relative to this one's folder) whose values this one starts from: a
+recipe then holds only what it changes, e.g. ``{"extends": "lesion_fine.json", "name": "lesion_fine_first",
+"initial_member": 1}``. Nested sections are merged key by key, as :func:`merge_options` merges layers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,8 @@ from ..evaluation.carbon import CarbonSettings
 from .trainer import OptimisationSettings
 
 TASKS = ("breast", "lesion")
+#: Keys whose values are paths, read from the folder of the configuration file that names them.
+PATH_KEYS = ("dataset", "output_dir", "initial_model")
 
 
 @dataclass
@@ -179,10 +186,44 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     return values
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read and validate a training configuration file."""
-    path = Path(path)
+def merge_options(*layers: Mapping | None) -> dict:
+    """Later layers win; nested sections (``optimisation``, ``preprocessing``, ...) are merged key by key."""
+    merged: dict = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return merged
+
+
+def _config_values(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """The values of the configuration file ``path`` over those of the file it ``extends`` (and so on), each file's
+    relative paths resolved against its own folder."""
+    path = path.resolve()
+    if path in extended_by:
+        chain = " -> ".join(p.name for p in (*extended_by, path))
+        raise InputError(f"training configurations extend each other in a circle: {chain}", path)
     values = read_json_object(path, "training configuration")
+    for key in PATH_KEYS:
+        if isinstance(values.get(key), str):
+            values[key] = str((path.parent / values[key]).resolve())
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str):
+        raise InputError(f"'extends' names one configuration file, got {parent!r}", path)
+    try:
+        return merge_options(_config_values(path.parent / parent, (*extended_by, path)), values)
+    except InputError as error:
+        raise InputError(f"{error.problem} (extended by {path.name})", error.path) from None
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a training configuration file (and the files it extends)."""
+    path = Path(path)
+    values = _config_values(path)
     try:
         return config_from_dict(values, path.parent)
     except InputError as error:

@@ -41,7 +41,7 @@ from ..io.outputs import atomic_output_dir
 from ..progress import Progress, silent
 from ..reports.maps import OverlayPanel, midline_profile, plot_midline_profiles, plot_overlay_maps
 from ..reports.tables import markdown_table, write_csv, write_json
-from .config import TrainConfig, config_from_dict, read_json_object
+from .config import TrainConfig, config_from_dict, merge_options, read_json_object
 from .distributed import DistributedContext
 from .run import FoldOutcome, initial_weights, make_slice_dataset, train_fold
 from .splits import Split, split_patients
@@ -76,18 +76,6 @@ TEST_METRICS = ("dice", "iou", "precision", "recall", "hd95")
 def read_options(path: str | os.PathLike) -> dict:
     """The JSON object of a study's options file (training-configuration keys, all optional)."""
     return read_json_object(path, "options file")
-
-
-def merge_options(*layers: Mapping | None) -> dict:
-    """Later layers win; nested sections (``optimisation``, ``preprocessing``, ...) are merged key by key."""
-    merged: dict = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
-    return merged
 
 
 def study_config(defaults: Mapping, options: Mapping | None, overrides: Mapping | None, output_dir: str | os.PathLike,
