@@ -22,10 +22,16 @@ from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
 from BreastSegmentationLib.models.cards import load_model, load_networks
-from BreastSegmentationLib.models.registry import ARCHITECTURES
+from BreastSegmentationLib.models.registry import ARCHITECTURES, build_model
 from BreastSegmentationLib.resources import bundled_models_dir
 from BreastSegmentationLib.training.config import config_from_dict, load_config
-from BreastSegmentationLib.training.run import make_slice_dataset, slice_training_transform, training_view
+from BreastSegmentationLib.training.run import (
+    initial_weights,
+    make_slice_dataset,
+    slice_training_transform,
+    training_view,
+    widen_inputs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +151,40 @@ def test_initial_model_of_another_network_fails_before_training(tmp_path, phanto
     assert main(["--progress", "none", "train", str(config)]) == 2
     assert "initial_model differs from the configuration in inputs" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_a_widened_network_starts_out_computing_what_the_trained_one_did():
+    """New inputs get zero weights: whatever they hold, the widened network's output is the trained one's."""
+    torch.manual_seed(0)
+    trained = build_model("unet_small", in_channels=2).eval()
+    wider = build_model("unet_small", in_channels=3).eval()
+    wider.load_state_dict(widen_inputs(trained.state_dict(), ["pre", "post"], ["post", "subtraction@-1", "pre"],
+                                       wider.state_dict()))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = trained(images[:, [2, 0]])
+        assert torch.allclose(wider(images), expected, atol=1e-5)
+        images[:, 1] = 100.0 * torch.randn(2, 32, 32)
+        assert torch.allclose(wider(images), expected, atol=1e-5)
+    with pytest.raises(InputError, match="cannot widen"):
+        widen_inputs(trained.state_dict(), ["pre", "post"], ["pre", "post", "subtraction"],
+                     build_model("unet_small", in_channels=3, channels=(8, 16, 32, 64, 128)).state_dict())
+
+
+def test_initial_model_with_some_of_the_inputs_starts_a_wider_network(tmp_path):
+    """A configuration that adds inputs to the bundled lesion model's starts from its weights, zeros for the new."""
+    networks, card = load_networks(BUNDLED_LESION_CARD)
+    inputs = [*card.inputs, "enhancement@-2", "enhancement@+2"]
+    config = config_from_dict({"name": "wider", "task": "lesion", "dataset": "d.csv", "inputs": inputs,
+                               "architecture": card.architecture, "initial_model": str(BUNDLED_LESION_CARD),
+                               "preprocessing": {"subtraction": True, "enhancement": True}}, tmp_path)
+    start, trained = initial_weights(config), networks[0].state_dict()
+    widened = [key for key in trained if start[key].shape != trained[key].shape]
+    assert widened and all(start[key].shape[1] == len(inputs) for key in widened)
+    for key in widened:
+        assert torch.equal(start[key][:, :len(card.inputs)], trained[key])
+        assert not start[key][:, len(card.inputs):].any()
+    assert all(torch.equal(start[key], trained[key]) for key in trained if key not in widened)
 
 
 def test_trained_models_run_through_the_pipeline(tmp_path, phantom_lesion_manifest):

@@ -220,8 +220,9 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The weights of ``config.initial_model`` (checked against its card's SHA-256), None without one.
 
     Read before the hours of data preparation, so that a wrong card fails at once; the card must describe the same
-    task, network and inputs as the configuration, or its weights would not mean what the new training assumes. An
-    ensemble card starts training from its network ``config.initial_member`` (default the first).
+    task and network as the configuration, and inputs that are the configuration's or some of them (the network is
+    then widened by :func:`widen_inputs`), or its weights would not mean what the new training assumes. An ensemble
+    card starts training from its network ``config.initial_member`` (default the first).
     """
     if config.initial_model is None:
         return None
@@ -234,12 +235,46 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
                  len(networks), config.initial_member, card.members[config.initial_member][0])
     mismatched = [key for key, ours, theirs in (
         ("task", config.task, card.task), ("architecture", config.architecture, card.architecture),
-        ("architecture_options", dict(config.architecture_options), dict(card.architecture_kwargs)),
-        ("inputs", list(config.inputs), list(card.inputs))) if ours != theirs]
+        ("architecture_options", dict(config.architecture_options), dict(card.architecture_kwargs))) if ours != theirs]
+    if not set(card.inputs) <= set(config.inputs):
+        mismatched.append("inputs")
     if mismatched:
         raise InputError(f"initial_model differs from the configuration in {', '.join(mismatched)}: its weights "
                          "cannot start this network", config.initial_model)
-    return networks[config.initial_member].state_dict()
+    state = networks[config.initial_member].state_dict()
+    if list(card.inputs) == list(config.inputs):
+        return state
+    log.info("initial_model reads %s: the inputs %s start with zero weights", ", ".join(card.inputs),
+             ", ".join(name for name in config.inputs if name not in card.inputs))
+    target = build_model(config.architecture, in_channels=len(config.inputs), **config.architecture_options)
+    return widen_inputs(state, list(card.inputs), list(config.inputs), target.state_dict())
+
+
+def widen_inputs(state: dict[str, torch.Tensor], old_inputs: list[str], new_inputs: list[str],
+                 target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``, trained on ``old_inputs``, for a network of ``target``'s shapes that reads ``new_inputs`` (all of
+    the old ones, in any order, and more).
+
+    The weights that read the input channels keep each old input's weights and get zeros for the new inputs, so the
+    widened network starts out computing exactly what the trained one did, and fine-tuning learns what the new
+    inputs add. Neither torch nor MONAI offers this growth of a trained network's input, hence written here.
+    """
+    columns = [old_inputs.index(name) if name in old_inputs else None for name in new_inputs]
+    widened = {}
+    for key, value in state.items():
+        shape = target[key].shape
+        if value.shape == shape:
+            widened[key] = value
+            continue
+        if value.ndim < 2 or (value.shape[1], shape[1]) != (len(old_inputs), len(new_inputs)) \
+                or value.shape[:1] + value.shape[2:] != shape[:1] + shape[2:]:
+            raise InputError(f"cannot widen the inputs of '{key}' from {tuple(value.shape)} to {tuple(shape)}")
+        grown = value.new_zeros(shape)
+        for new_column, old_column in enumerate(columns):
+            if old_column is not None:
+                grown[:, new_column] = value[:, old_column]
+        widened[key] = grown
+    return widened
 
 
 def run_training(config: TrainConfig, progress: Progress | None = None) -> dict:
