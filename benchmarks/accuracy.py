@@ -1,7 +1,7 @@
 """Accuracy of a model set on held-out phantom cases (seeds never used in training).
 
     python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--no-motion-correction]
-                                  [--uptake 1] [--out accuracy.json]
+                                  [--uptake 1] [--min-lesion-peak P] [--out accuracy.json]
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive
 lesions per case, and the issue's targets next to them. Prints; asserts nothing. ``--motion-mm`` moves the
@@ -9,6 +9,7 @@ post-contrast image along the anterior-posterior axis before segmenting, as a pa
 the phases does (the phantom's own motion is under a voxel), to show how the models bear misregistration.
 ``--uptake`` multiplies the contrast uptake of every tissue (post = pre + factor (post - pre)), as a protocol with
 another contrast dose or an earlier or later first post-contrast phase does, to show how the models bear that.
+``--min-lesion-peak`` replaces the lesion card's peak rule, as ``breastseg segment --min-lesion-peak`` does.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="segment without the pipeline's motion correction")
     parser.add_argument("--uptake", type=float, default=1.0,
                         help="multiply the contrast uptake (post - pre) of every tissue by this factor (default 1)")
+    parser.add_argument("--min-lesion-peak", type=float,
+                        help="keep lesions whose probability reaches this somewhere (default: the lesion card's)")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     configure_cpu_memory()  # as the breastseg command does
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in range(args.seed, args.seed + args.cases):
         rows.append(evaluate_case(seed, models, args.motion_mm,
-                                  SegmentationOptions(motion_correction=args.motion_correction), args.uptake))
+                                  SegmentationOptions(motion_correction=args.motion_correction,
+                                                      min_lesion_peak=args.min_lesion_peak), args.uptake))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)
     print(markdown_table(rows))
