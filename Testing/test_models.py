@@ -16,6 +16,7 @@ from BreastSegmentationLib.models.registry import (
     nnunet_kernels_strides,
     parameter_count,
 )
+from BreastSegmentationLib.models.widening import widen_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +131,21 @@ def test_breastseg_models_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--progress", "none", "models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [item["name"] for item in listed] == list(ARCHITECTURES)
+
+
+def test_a_widened_network_starts_out_computing_what_the_trained_one_did():
+    """New inputs get zero weights: whatever they hold, the widened network's output is the trained one's."""
+    torch.manual_seed(0)
+    trained = build_model("unet_small", in_channels=2).eval()
+    wider = build_model("unet_small", in_channels=3).eval()
+    wider.load_state_dict(widen_inputs(trained.state_dict(), ["pre", "post"], ["post", "subtraction@-1", "pre"],
+                                       wider.state_dict()))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = trained(images[:, [2, 0]])
+        assert torch.allclose(wider(images), expected, atol=1e-5)
+        images[:, 1] = 100.0 * torch.randn(2, 32, 32)
+        assert torch.allclose(wider(images), expected, atol=1e-5)
+    with pytest.raises(InputError, match="cannot widen"):
+        widen_inputs(trained.state_dict(), ["pre", "post"], ["pre", "post", "subtraction"],
+                     build_model("unet_small", in_channels=3, channels=(8, 16, 32, 64, 128)).state_dict())

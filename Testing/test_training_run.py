@@ -22,7 +22,7 @@ from BreastSegmentationLib.data.slices import SliceDataset
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.inference.pipeline import lesion_input, load_models
 from BreastSegmentationLib.models.cards import load_model, load_networks
-from BreastSegmentationLib.models.registry import ARCHITECTURES, build_model
+from BreastSegmentationLib.models.registry import ARCHITECTURES
 from BreastSegmentationLib.resources import bundled_models_dir
 from BreastSegmentationLib.training.config import config_from_dict, load_config
 from BreastSegmentationLib.training.run import (
@@ -30,7 +30,6 @@ from BreastSegmentationLib.training.run import (
     make_slice_dataset,
     slice_training_transform,
     training_view,
-    widen_inputs,
 )
 
 
@@ -151,24 +150,6 @@ def test_initial_model_of_another_network_fails_before_training(tmp_path, phanto
     assert main(["--progress", "none", "train", str(config)]) == 2
     assert "initial_model differs from the configuration in inputs" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "tiny").exists()
-
-
-def test_a_widened_network_starts_out_computing_what_the_trained_one_did():
-    """New inputs get zero weights: whatever they hold, the widened network's output is the trained one's."""
-    torch.manual_seed(0)
-    trained = build_model("unet_small", in_channels=2).eval()
-    wider = build_model("unet_small", in_channels=3).eval()
-    wider.load_state_dict(widen_inputs(trained.state_dict(), ["pre", "post"], ["post", "subtraction@-1", "pre"],
-                                       wider.state_dict()))
-    images = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        expected = trained(images[:, [2, 0]])
-        assert torch.allclose(wider(images), expected, atol=1e-5)
-        images[:, 1] = 100.0 * torch.randn(2, 32, 32)
-        assert torch.allclose(wider(images), expected, atol=1e-5)
-    with pytest.raises(InputError, match="cannot widen"):
-        widen_inputs(trained.state_dict(), ["pre", "post"], ["pre", "post", "subtraction"],
-                     build_model("unet_small", in_channels=3, channels=(8, 16, 32, 64, 128)).state_dict())
 
 
 def test_initial_model_with_some_of_the_inputs_starts_a_wider_network(tmp_path):
