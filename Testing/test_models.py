@@ -146,6 +146,8 @@ def test_a_widened_network_starts_out_computing_what_the_trained_one_did():
         assert torch.allclose(wider(images), expected, atol=1e-5)
         images[:, 1] = 100.0 * torch.randn(2, 32, 32)
         assert torch.allclose(wider(images), expected, atol=1e-5)
+    with pytest.raises(InputError, match="must be the old ones and more"):
+        widen_inputs(trained.state_dict(), ["pre", "post"], ["post", "pre"], trained.state_dict())
     with pytest.raises(InputError, match="cannot widen"):
         widen_inputs(trained.state_dict(), ["pre", "post"], ["pre", "post", "subtraction"],
                      build_model("unet_small", in_channels=3, channels=(8, 16, 32, 64, 128)).state_dict())

@@ -10,12 +10,15 @@ from ..errors import InputError
 def widen_inputs(state: dict[str, torch.Tensor], old_inputs: list[str], new_inputs: list[str],
                  target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state``, trained on ``old_inputs``, for a network of ``target``'s shapes that reads ``new_inputs`` (all of
-    the old ones, in any order, and more).
+    the old ones, in any order, and more: the tensors that read the input are told apart by their shapes).
 
     The weights that read the input channels keep each old input's weights and get zeros for the new inputs, so the
     widened network starts out computing exactly what the trained one did, and fine-tuning learns what the new
     inputs add. Neither torch nor MONAI offers this growth of a trained network's input, hence written here.
     """
+    if not set(old_inputs) < set(new_inputs):
+        raise InputError(f"cannot widen inputs {old_inputs} to {new_inputs}: the new inputs must be the old ones "
+                         "and more")
     columns = [old_inputs.index(name) if name in old_inputs else None for name in new_inputs]
     widened = {}
     for key, value in state.items():

@@ -237,7 +237,7 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     mismatched = [key for key, ours, theirs in (
         ("task", config.task, card.task), ("architecture", config.architecture, card.architecture),
         ("architecture_options", dict(config.architecture_options), dict(card.architecture_kwargs))) if ours != theirs]
-    if not set(card.inputs) <= set(config.inputs):
+    if list(card.inputs) != list(config.inputs) and not set(card.inputs) < set(config.inputs):
         mismatched.append("inputs")
     if mismatched:
         raise InputError(f"initial_model differs from the configuration in {', '.join(mismatched)}: its weights "
