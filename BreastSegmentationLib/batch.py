@@ -53,6 +53,7 @@ class BatchOptions:
     min_lesion_mm3: float | None = None
     min_lesion_peak: float | None = None
     motion_correction: bool = True
+    foci: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def segment_one(study: Study, output_dir: Path, models: ModelSet, options: Batch
     try:
         summary = segment_study(_read_study(study, progress), out_dir, models,
                                 SegmentationOptions(options.threshold, options.min_lesion_mm3, options.min_lesion_peak,
-                                                    motion_correction=options.motion_correction),
+                                                    motion_correction=options.motion_correction,
+                                                    foci=options.foci),
                                 progress=progress)
         exit_code, status, message = 0, "ok", ""
         lesions = summary["lesion_count"]

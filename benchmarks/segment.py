@@ -1,6 +1,7 @@
 """Speed and memory of `breastseg segment` on a 352 x 352 x 150 phantom study.
 
-    python benchmarks/segment.py [--models DIR] [--threads 2] [--repeats 2] [--dtype int16|float32] [--out FILE]
+    python benchmarks/segment.py [--models DIR] [--threads 2] [--repeats 2] [--dtype int16|float32] [--no-foci]
+                                 [--out FILE]
 
 Measured side by side in one run: the whole job (read -> segment -> lesion table -> outputs written) and the bare
 forward passes of the networks it contains (same slices, same batch size; every member of an ensemble). Prints the
@@ -24,7 +25,8 @@ import SimpleITK as sitk
 import torch
 
 from BreastSegmentationLib.data.phantom import generate_case
-from BreastSegmentationLib.inference.pipeline import ModelSet, load_models
+from BreastSegmentationLib.inference.foci import classify
+from BreastSegmentationLib.inference.pipeline import ModelSet, SegmentationOptions, load_models
 from BreastSegmentationLib.inference.runtime import (
     configure_cpu_memory,
     configure_cpu_threads,
@@ -56,7 +58,8 @@ def write_study(folder: Path, seed: int, dtype: str = "int16") -> tuple[Path, Pa
 
 
 def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]]) -> float:
-    """The networks alone (every member of an ensemble) on inputs of exactly the shapes the pipeline gave them
+    """The networks alone (every member of an ensemble, and the foci classifier on as many cubes as the study had
+    candidates) on inputs of exactly the shapes the pipeline gave them
     (drawn before the clock starts: drawing them takes about a second here), with the test-time mirroring their
     cards ask for."""
     rng = np.random.default_rng(0)
@@ -65,18 +68,20 @@ def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, 
     for task, model in (("breast", models.breast), ("lesion", models.lesion)):
         predict_slices(model.networks, inputs[task], range(inputs[task].shape[1]), models.device,
                        mirror=model.card.test_time_mirroring)
+    if "foci" in inputs:
+        classify(models.foci.networks, inputs["foci"], models.device)
     if models.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
-def measure(models: ModelSet, paths: tuple[Path, Path], repeats: int) -> dict:
+def measure(models: ModelSet, paths: tuple[Path, Path], repeats: int, options: SegmentationOptions) -> dict:
     """Fastest of ``repeats`` whole jobs (files in, outputs written) and of the bare forward passes."""
     runs, forwards = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            summary = segment_study(study_from_files(*paths), out, models)
+            summary = segment_study(study_from_files(*paths), out, models, options)
             runs.append(time.perf_counter() - started)
         forwards.append(bare_forward_seconds(models, {k: tuple(v) for k, v in summary["network_inputs"].items()}))
     end_to_end, forward = min(runs), min(forwards)
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("int16", "float32"), default="int16",
                         help="voxel type of the input files: int16, as scanners store MR images (default), or "
                              "float32, whose noise compresses poorly and reads slower")
+    parser.add_argument("--no-foci", dest="foci", action="store_false",
+                        help="without the foci classifier's search (as `breastseg segment --no-foci`)")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     configure_cpu_memory()
@@ -102,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = write_study(Path(folder), args.seed, args.dtype)
-        results["cpu"] = measure(load_models(args.models, "cpu"), paths, args.repeats)
+        options = SegmentationOptions(foci=args.foci)
+        results["cpu"] = measure(load_models(args.models, "cpu"), paths, args.repeats, options)
         if torch.cuda.is_available():
-            results["cuda"] = measure(load_models(args.models, "cuda"), paths, args.repeats)
+            results["cuda"] = measure(load_models(args.models, "cuda"), paths, args.repeats, options)
     results["input_dtype"] = args.dtype
     results["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)
     results["targets"] = {"end_to_end_s": 30.0, "ratio": 1.25, "peak_memory_gb": 4.0}

@@ -20,7 +20,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the models run (default: auto = the GPU when there is one)")
     parser.add_argument("--models", metavar="DIR",
-                        help="folder with one breast and one lesion model card (default: the bundled models)")
+                        help="folder with one breast and one lesion model card, and optionally one foci classifier "
+                             "(default: the bundled models)")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="lesion probability threshold (default: the lesion model card's)")
     parser.add_argument("--min-lesion-mm3", type=float, metavar="V",
@@ -32,6 +33,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the post-contrast phase as it is; by default a rigid motion of the patient between "
                              "the phases is found by registration, undone when 0.5 mm or more, and reported in "
                              "summary.json")
+    parser.add_argument("--no-foci", dest="foci", action="store_false",
+                        help="do not look for small foci with the model folder's foci classifier (when it has one)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> SegmentationOptions:
     return SegmentationOptions(threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
-                               min_lesion_peak=args.min_lesion_peak, motion_correction=args.motion_correction)
+                               min_lesion_peak=args.min_lesion_peak, motion_correction=args.motion_correction,
+                               foci=args.foci)
 
 
 def read_study(args: argparse.Namespace, progress: Progress) -> StudyInput:
@@ -81,7 +85,7 @@ def run_many(args: argparse.Namespace, progress: Progress) -> int:
         args.parser.error("--input-dir segments whole folders: it takes no --pre, --post, --dicom or --reference")
     options = BatchOptions(device=args.device, models=args.models and Path(args.models), threshold=args.threshold,
                            min_lesion_mm3=args.min_lesion_mm3, min_lesion_peak=args.min_lesion_peak,
-                           motion_correction=args.motion_correction)
+                           motion_correction=args.motion_correction, foci=args.foci)
     results = run_batch(args.input_dir, args.out, options, progress)
     print_json({"output": str(Path(args.out).resolve()), "studies": len(results),
                 "failed": [{"study": r.study, "status": r.status, "message": r.message}

@@ -4,8 +4,9 @@ Steps (seed 000's pipeline, made fast): post aligned to pre (its grid, then rigi
 orientation and spacing of the breast model -> BRS on every slice -> breast mask post-processing -> the lesion
 model's grid -> crop around the breast (the OV idea) -> lesion model on the crop's slices only, inputs masked by the
 breast as in training (and, where the card asks, on their mirror images too) -> threshold -> lesion post-processing
-(minimum volume, minimum peak probability, nothing outside the breast) -> back to the full grid -> original grid.
-Both models are described by their model cards, so user-trained models run through the same code.
+(minimum volume, minimum peak probability, nothing outside the breast) -> back to the full grid -> original grid ->
+where the model folder has a foci classifier, small foci the lesion model missed are added (:mod:`.foci`).
+The models are described by their model cards, so user-trained models run through the same code.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from ..errors import InputError
 from ..io.images import align_post_to_pre, as_float32, cut_to_mask, reorient_to_ras, resample_like
 from ..io.registration import Motion, correct_motion
 from ..models.cards import ModelCard, find_cards, load_networks
+from ..models.registry import ARCHITECTURES
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
-from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask
+from .foci import FociResult, FocusSearch, find_foci, lps_arrays, mask_like
+from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size
 from .runtime import describe_device, predict_slices, resolve_device
 
 log = logging.getLogger(__name__)
@@ -78,44 +81,53 @@ class LoadedModel:
 
 @dataclass
 class ModelSet:
-    """The breast (BRS) model and the lesion model used together."""
+    """The breast (BRS) model and the lesion model used together, and optionally the foci classifier."""
 
     breast: LoadedModel
     lesion: LoadedModel
     device: torch.device
+    foci: LoadedModel | None = None
 
     def cards(self) -> list[dict]:
-        return [{"path": str(m.card_path), **m.card.to_dict()} for m in (self.breast, self.lesion)]
+        return [{"path": str(m.card_path), **m.card.to_dict()} for m in (self.breast, self.lesion, self.foci)
+                if m is not None]
 
 
 def load_models(folder: str | Path | None = None, device: str = "auto") -> ModelSet:
-    """Load one breast and one lesion model from ``folder`` (default: the bundled models) onto ``device``."""
+    """Load one breast and one lesion model, and at most one foci classifier, from ``folder`` (default: the bundled
+    models) onto ``device``."""
     folder = Path(folder) if folder is not None else bundled_models_dir()
     torch_device = resolve_device(device)
-    by_task: dict[str, list[Path]] = {"breast": [], "lesion": []}
+    by_task: dict[str, list[Path]] = {"breast": [], "lesion": [], "foci": []}
     for card_path in find_cards(folder):
-        by_task.setdefault(ModelCard.from_json(card_path).task, []).append(card_path)
+        by_task[ModelCard.from_json(card_path).task].append(card_path)
     loaded = {}
     for task, paths in by_task.items():
-        if len(paths) != 1:
+        if len(paths) > 1 or (not paths and task != "foci"):
             found = ", ".join(p.name for p in paths) or "none"
-            raise InputError(f"exactly one {task} model card is needed in the model folder (found: {found})", folder)
-        networks, card = load_networks(paths[0], torch_device)
-        loaded[task] = LoadedModel([n.to(memory_format=torch.channels_last) for n in networks], card, paths[0])
-    return ModelSet(loaded["breast"], loaded["lesion"], torch_device)
+            needed = "at most one" if task == "foci" else "exactly one"
+            raise InputError(f"{needed} {task} model card is needed in the model folder (found: {found})", folder)
+        if paths:
+            networks, card = load_networks(paths[0], torch_device)
+            if ARCHITECTURES[card.architecture].spatial_dims == 2:  # channels-last pays for 2-D convolutions
+                networks = [n.to(memory_format=torch.channels_last) for n in networks]
+            loaded[task] = LoadedModel(networks, card, paths[0])
+    return ModelSet(loaded["breast"], loaded["lesion"], torch_device, loaded.get("foci"))
 
 
 @dataclass
 class SegmentationOptions:
     """Choices of one run; ``threshold``, ``min_lesion_mm3`` and ``min_lesion_peak`` None mean the lesion model
     card's (a peak at or below the threshold has no effect: :class:`LesionCleaning`); ``motion_correction`` undoes
-    rigid motion of the post-contrast phase (:mod:`..io.registration`)."""
+    rigid motion of the post-contrast phase (:mod:`..io.registration`); ``foci`` runs the model folder's foci
+    classifier where it has one (:mod:`.foci`)."""
 
     threshold: float | None = None
     min_lesion_mm3: float | None = None
     min_lesion_peak: float | None = None
     batch_size: int = 8
     motion_correction: bool = True
+    foci: bool = True
 
 
 @dataclass
@@ -137,6 +149,7 @@ class Segmentation:
     min_lesion_peak: float | None
     network_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     motion: Motion | None = None
+    foci: list[dict] = field(default_factory=list)
 
     @cached_property
     def probability(self) -> sitk.Image:
@@ -236,9 +249,20 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     in_box = prepared.grid.sub_grid(box)
     lesions = _lesion_labels(in_box, box, lesion_probability, breast_array, threshold,
                              LesionCleaning(min_volume, min_peak_probability=min_peak))
+    breast_on_pre = resample_like(cut_to_mask(breast, breast_array), pre, is_mask=True)
+    lesions = resample_like(lesions, pre, is_mask=True)
+    seconds["restore"] = time.perf_counter() - started
+    network_inputs = {"breast": breast_input, "lesion": lesion_input}
+    foci = None
+    if models.foci is not None and options.foci:
+        started = time.perf_counter()
+        progress.update("foci", 0.0)
+        lesions, foci = add_foci(pre_float, post, breast_on_pre, lesions, models.foci, models.device, min_volume)
+        network_inputs["foci"] = foci.network_input
+        seconds["foci"] = time.perf_counter() - started
     result = Segmentation(
-        breast=resample_like(cut_to_mask(breast, breast_array), pre, is_mask=True),
-        lesions=resample_like(lesions, pre, is_mask=True),
+        breast=breast_on_pre,
+        lesions=lesions,
         probability_in_box=in_box.image(lesion_probability),
         post_aligned=post,
         seconds=seconds,
@@ -246,9 +270,22 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         threshold=threshold,
         min_lesion_mm3=min_volume,
         min_lesion_peak=min_peak,
-        network_inputs={"breast": breast_input, "lesion": lesion_input},
+        network_inputs=network_inputs,
         motion=motion,
+        foci=foci.found if foci is not None else [],
     )
-    seconds["restore"] = time.perf_counter() - started
     progress.update("done", 1.0)
     return result
+
+
+def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sitk.Image, model: LoadedModel,
+             device: torch.device, min_volume_mm3: float) -> tuple[sitk.Image, FociResult]:
+    """``lesions`` (labels on ``pre``'s grid) with the foci of at least ``min_volume_mm3`` that the classifier finds
+    added, relabelled 1..N by decreasing volume, and what the search found."""
+    pre_a, post_a, breast_a, lesion_a = lps_arrays(pre, post, breast, lesions)
+    foci = find_foci(post_a - pre_a, breast_a > 0, lesion_a, pre.GetSpacing(), model.networks, device,
+                     FocusSearch.from_dict(model.card.preprocessing), model.card.threshold,
+                     min_volume_mm3 / float(np.prod(pre.GetSpacing())))
+    if not foci.mask.any():
+        return lesions, foci
+    return label_by_size(mask_like((lesion_a > 0) | foci.mask, pre)), foci

@@ -43,6 +43,11 @@ def _components_by_size(mask: sitk.Image) -> tuple[sitk.Image, sitk.LabelShapeSt
     return labels, statistics
 
 
+def label_by_size(mask: sitk.Image) -> sitk.Image:
+    """The 26-connected components of a mask labelled 1..N by decreasing size, as UInt16 like lesion maps."""
+    return sitk.Cast(_components_by_size(sitk.Cast(mask > 0, sitk.sitkUInt8))[0], sitk.sitkUInt16)
+
+
 def clean_breast_mask(mask: sitk.Image, keep_fraction: float = 0.1, max_components: int = 2) -> sitk.Image:
     """Keep the largest (up to two) components of at least ``keep_fraction`` of the largest, with holes filled."""
     binary = sitk.Cast(mask > 0, sitk.sitkUInt8)

@@ -131,6 +131,7 @@ def _summary(study: StudyInput, models: ModelSet, result: Segmentation, lesion_r
         "breast_volume_mm3": _volume_mm3(result.breast),
         "lesion_count": len(lesion_rows),
         "lesions": lesion_rows,
+        "foci_added": result.foci,
         **({"metrics": evaluation["metrics"]} if evaluation is not None else {}),
     }
 

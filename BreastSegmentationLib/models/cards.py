@@ -32,7 +32,7 @@ from .registry import ARCHITECTURES, build_model
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-TASKS = ("breast", "lesion")
+TASKS = ("breast", "lesion", "foci")
 WEIGHTS_SUFFIX = ".safetensors"
 #: Keys a card file must have; the others have defaults.
 REQUIRED_KEYS = ("format_version", "name", "task", "architecture", "inputs", "weights", "sha256")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from monai.networks.nets import BasicUNetPlusPlus, DynUNet, UNet
+from monai.networks.nets import BasicUNetPlusPlus, Classifier, DynUNet, UNet
 from torch import nn
 
 from ..errors import InputError
@@ -163,6 +163,20 @@ def build_dynunet(
     )
 
 
+def build_patch_classifier(
+    in_channels: int,
+    out_channels: int,
+    patch_voxels: int = 32,
+    channels: Sequence[int] = (16, 32, 64, 64),
+    strides: Sequence[int] = (2, 2, 2, 2),
+    num_res_units: int = 1,
+) -> nn.Module:
+    """3-D classifier of cubes of ``patch_voxels``: residual conv units with instance norm and PReLU, one logit per
+    class (MONAI's Classifier); the focus classifier of inference/foci.py."""
+    return Classifier(in_shape=(in_channels, patch_voxels, patch_voxels, patch_voxels), classes=out_channels,
+                      channels=tuple(channels), strides=tuple(strides), num_res_units=num_res_units)
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
     """One named architecture: its builder, the options that differ from the builder's defaults, and facts."""
@@ -197,6 +211,9 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         "residual U-Net with half the channels, for CPU-sized bundled models",
         "seed 004, reduced",
         {"channels": (16, 32, 64, 128, 256)},
+    ),
+    "classifier3d": ArchitectureSpec(
+        build_patch_classifier, 3, "3-D patch classifier (MONAI Classifier): is a blob a lesion?", "this project (foci)"
     ),
     "dynunet3d": ArchitectureSpec(
         build_dynunet, 3, "nnU-Net-like 3-D full-resolution U-Net for patches (MONAI DynUNet)", "seed 003 (nnU-Net)"

@@ -1,0 +1,248 @@
+"""The 3-D foci search (inference/foci.py), its training examples (training/foci.py) and its place in the pipeline.
+
+The volumes are small and drawn here: a noisy breast slab with one bright ball (a focus) and one bright straight
+tube (a vessel), on a grid of anisotropic spacing, so what each step finds is known.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BreastSegmentationLib.errors import InputError
+from BreastSegmentationLib.inference.foci import (
+    FocusSearch,
+    blob_score,
+    candidate_peaks,
+    classify,
+    find_foci,
+    focus_region,
+    lps_arrays,
+    mask_like,
+    patches,
+    subtraction_scale,
+    without_small_regions,
+)
+from BreastSegmentationLib.inference.pipeline import add_foci, load_models
+from BreastSegmentationLib.models.cards import ModelCard, save_model
+from BreastSegmentationLib.training.foci import (
+    FOCI_CARD,
+    MAX_PEAKS_PER_LESION,
+    Examples,
+    capped_positives,
+    labelled_peaks,
+    study_examples,
+    train_classifier,
+)
+
+SPACING = (0.8, 0.8, 2.0)  # x, y, z in mm
+SHAPE = (24, 64, 64)  # z, y, x
+BALL_CENTRE = (12, 32, 20)
+SEARCH = FocusSearch()
+
+
+def distance_mm(points: np.ndarray, centre: tuple[int, int, int]) -> np.ndarray:
+    scale = np.array(SPACING[::-1])
+    return np.linalg.norm((points - np.array(centre)) * scale, axis=-1)
+
+
+@pytest.fixture
+def study(rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(subtraction, breast, lesions): noise, a 4 mm ball (the lesion) and a tube along y at x = 48."""
+    subtraction = rng.normal(0.0, 1.0, size=SHAPE).astype(np.float32)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), axis=-1)
+    ball = distance_mm(grid, BALL_CENTRE) <= 2.5
+    tube = np.hypot((grid[..., 2] - 48) * SPACING[0], (grid[..., 0] - 12) * SPACING[2]) <= 1.0
+    subtraction[ball] += 20.0
+    subtraction[tube] += 20.0
+    breast = np.zeros(SHAPE, bool)
+    breast[2:-2, 4:-4, 4:-4] = True
+    return subtraction, breast, ball.astype(np.uint8)
+
+
+def tiny_classifier(logit: float) -> torch.nn.Module:
+    """The foci card's network answering ``logit`` for every cube (weights zero, last bias set)."""
+    network = FOCI_CARD.build()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        [m for m in network.modules() if isinstance(m, torch.nn.Linear)][-1].bias.fill_(logit)
+    return network.eval()
+
+
+def test_the_ball_is_a_candidate_peak_and_every_peak_lies_in_the_breast(study):
+    subtraction, breast, _ = study
+    score = blob_score(subtraction, breast, SPACING, SEARCH)
+    peaks = candidate_peaks(score, breast, SPACING, SEARCH)
+    assert len(peaks) and breast[tuple(peaks.T)].all()
+    assert distance_mm(peaks, BALL_CENTRE).min() <= 2.0
+    assert (score[tuple(peaks.T)] > SEARCH.min_score).all()
+
+
+def test_a_cube_is_sampled_at_1_mm_around_its_peak(study):
+    subtraction, breast, _ = study
+    cube = patches(subtraction, np.array([BALL_CENTRE]), SPACING, SEARCH, *subtraction_scale(subtraction, breast))
+    assert cube.shape == (1, 1, 32, 32, 32) and cube.dtype == np.float32
+    bright = np.argwhere(cube[0, 0] > 0.5 * cube[0, 0].max())
+    # A round ball stays round at 1 mm although the slices are 2 mm apart: about 5 mm across on every axis.
+    extent = bright.max(axis=0) - bright.min(axis=0) + 1
+    assert np.all((extent >= 3) & (extent <= 8)), extent
+    assert np.allclose(bright.mean(axis=0), 15.5, atol=1.0)
+
+
+@pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.0), (0.7, 0.7, 1.1), (1.0, 1.0, 1.5)])
+def test_cubes_are_scipys_trilinear_samples_even_at_the_volume_edge(rng, spacing):
+    from scipy import ndimage
+    volume = rng.normal(size=(30, 50, 60)).astype(np.float32)
+    peaks = np.array([[15, 25, 30], [0, 0, 0], [29, 49, 59], [1, 48, 3]])
+    cubes = patches(volume, peaks, spacing, SEARCH, 0.3, 2.0)
+    steps = np.arange(32) - 15.5
+    for cube, peak in zip(cubes, peaks):
+        points = np.meshgrid(*[c + steps / s for c, s in zip(peak, spacing[::-1])], indexing="ij")
+        expected = (ndimage.map_coordinates(volume, points, order=1, mode="constant", cval=0.3) - 0.3) / 2.0
+        assert np.allclose(cube[0], expected, atol=1e-5)
+
+
+def test_a_focus_region_holds_the_peak_and_stays_within_its_radius(study):
+    subtraction, breast, _ = study
+    score = blob_score(subtraction, breast, SPACING, SEARCH)
+    box, region = focus_region(score, np.array(BALL_CENTRE), SPACING, SEARCH)
+    voxels = np.argwhere(region) + np.array([b.start for b in box])
+    assert region[tuple(c - b.start for c, b in zip(BALL_CENTRE, box))]
+    assert distance_mm(voxels, BALL_CENTRE).max() <= SEARCH.region_radius_mm
+
+
+def test_small_regions_are_dropped():
+    mask = np.zeros((5, 10, 10), bool)
+    mask[1, 1, 1] = True
+    mask[2:4, 4:8, 4:8] = True
+    kept = without_small_regions(mask, 5)
+    assert kept.sum() == 32 and not kept[1, 1, 1]
+
+
+def test_classify_averages_the_networks_probabilities():
+    cubes = np.zeros((3, 1, 32, 32, 32), np.float32)
+    probability = classify([tiny_classifier(2.0), tiny_classifier(-2.0)], cubes, torch.device("cpu"))
+    assert probability.shape == (3,) and np.allclose(probability, 0.5)
+    assert classify([tiny_classifier(2.0)], cubes[:0], torch.device("cpu")).shape == (0,)
+
+
+def test_find_foci_adds_what_the_classifier_accepts_away_from_known_lesions(study):
+    subtraction, breast, ball = study
+    no_lesions = np.zeros(SHAPE, np.uint8)
+    found = find_foci(subtraction, breast, no_lesions, SPACING, [tiny_classifier(5.0)], torch.device("cpu"),
+                      SEARCH, threshold=0.5)
+    assert found.mask[BALL_CENTRE] and not found.mask[~breast].any()
+    assert found.network_input[1:] == (1, 32, 32, 32) and found.network_input[0] >= len(found.found) >= 1
+    refused = find_foci(subtraction, breast, no_lesions, SPACING, [tiny_classifier(-5.0)], torch.device("cpu"),
+                        SEARCH, threshold=0.5)
+    assert not refused.mask.any() and refused.found == []
+    known = find_foci(subtraction, breast, ball, SPACING, [tiny_classifier(5.0)], torch.device("cpu"), SEARCH,
+                      threshold=0.5)
+    assert not known.mask[ball > 0].any()  # a blob on a lesion the network found is not looked at again
+
+
+def test_masks_go_back_to_a_grid_of_any_orientation():
+    reference = sitk.Image(6, 5, 4, sitk.sitkFloat32)
+    reference.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS
+    reference.SetSpacing(SPACING)
+    marked = sitk.Image(reference)
+    marked[1, 2, 3] = 1.0
+    (lps,) = lps_arrays(marked)
+    back = mask_like(lps > 0, reference)
+    assert back.GetDirection() == reference.GetDirection() and back.GetOrigin() == reference.GetOrigin()
+    assert sitk.GetArrayFromImage(back).sum() == 1 and back[1, 2, 3] == 1
+
+
+def test_every_reference_lesion_gives_a_positive_example(study, rng):
+    subtraction, breast, ball = study
+    faint = np.zeros(SHAPE, np.uint8)
+    faint[20, 50, 50] = 1  # a one-voxel lesion no peak falls on
+    lesions = np.maximum(ball, faint)
+    score = blob_score(subtraction, breast, SPACING, SEARCH)
+    peaks, labels, volumes = labelled_peaks(score, breast, lesions, SPACING, SEARCH)
+    assert labels[np.argwhere(lesions[tuple(peaks.T)] > 0)].all()
+    positives = peaks[labels == 1]
+    assert any(tuple(p) == (20, 50, 50) for p in positives)
+    assert set(np.round(volumes[labels == 1], 3)) == {round(float(ball.sum() * np.prod(SPACING)), 3),
+                                                       round(float(np.prod(SPACING)), 3)}
+    examples = study_examples(subtraction, breast, lesions, SPACING, SEARCH, negatives=5, rng=rng, study="s")
+    assert examples.cubes.shape[1:] == (1, 32, 32, 32) and examples.cubes.dtype == np.float16
+    assert (examples.labels == 0).sum() == 5 and (examples.labels == 1).sum() == (labels == 1).sum()
+
+
+def test_a_lesion_counts_at_most_a_few_peaks():
+    count = MAX_PEAKS_PER_LESION + 3
+    examples = Examples(np.zeros((count + 2, 1, 2, 2, 2), np.float16), np.array([1] * count + [0, 0]),
+                        np.array([50.0] * count + [0.0, 0.0]), np.array(["a"] * (count + 2)))
+    capped = capped_positives(examples, np.random.default_rng(0))
+    assert (capped.labels == 1).sum() == MAX_PEAKS_PER_LESION and (capped.labels == 0).sum() == 2
+
+
+def test_training_learns_bright_centres_and_the_card_saves_and_loads(tmp_path, one_thread):
+    rng = np.random.default_rng(0)
+    cubes = rng.normal(0.0, 0.1, size=(64, 1, 32, 32, 32)).astype(np.float16)
+    labels = np.arange(64) % 2
+    cubes[labels == 1, :, 13:19, 13:19, 13:19] += np.float16(3.0)
+    studies = np.array([f"s{i % 8}" for i in range(64)])
+    examples = Examples(cubes, labels, np.where(labels == 1, 1.0 + np.arange(64), 0.0), studies)
+    network, report = train_classifier(examples, FOCI_CARD, epochs=3)
+    probability = classify([network], cubes.astype(np.float32), torch.device("cpu"))
+    assert probability[labels == 1].mean() > probability[labels == 0].mean() + 0.2
+    assert len(report["history"]) == 3 and report["validation_studies"]
+    card_path = save_model(network, FOCI_CARD, tmp_path / "models")
+    assert ModelCard.from_json(card_path).task == "foci"
+
+
+def test_a_model_folder_may_hold_one_foci_classifier_and_no_more(tmp_path):
+    from test_pipeline import write_models  # the constant breast and lesion networks of the pipeline tests
+    folder = write_models(tmp_path / "models", 5.0, 5.0)
+    assert load_models(folder, "cpu").foci is None
+    save_model(tiny_classifier(5.0), FOCI_CARD, tmp_path / "foci")
+    for name in ("foci_classifier.json", "foci_classifier.safetensors"):
+        (folder / name).write_bytes((tmp_path / "foci" / name).read_bytes())
+    models = load_models(folder, "cpu")
+    assert models.foci is not None and [c["task"] for c in models.cards()] == ["breast", "lesion", "foci"]
+    second = ModelCard.from_json(folder / "foci_classifier.json").to_dict()
+    (folder / "second.json").write_text(__import__("json").dumps({**second, "name": "second"}))
+    with pytest.raises(InputError, match="at most one foci"):
+        load_models(folder, "cpu")
+
+
+def test_add_foci_relabels_lesions_by_size_on_the_study_grid(study):
+    subtraction, breast, ball = study
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        images.append(image)
+    big = np.zeros(SHAPE, np.uint16)
+    big[4:10, 40:56, 8:24] = 1  # a network lesion, far larger than the ball
+    lesions = sitk.GetImageFromArray(big)
+    lesions.CopyInformation(images[0])
+    loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()  # above 0.998
+    labelled, found = add_foci(*images, lesions, loaded, torch.device("cpu"), min_volume_mm3=10.0)
+    array = sitk.GetArrayFromImage(labelled)
+    assert labelled.GetPixelID() == sitk.sitkUInt16
+    assert array[BALL_CENTRE] > 1 and (array[4:10, 40:56, 8:24] == 1).all()
+    assert found.found
+
+
+def test_the_pipeline_runs_the_foci_classifier_unless_told_not_to(tmp_path, rng):
+    from test_pipeline import study_images, write_models
+    from BreastSegmentationLib.inference.pipeline import SegmentationOptions, segment_images
+    folder = write_models(tmp_path / "models", 5.0, -5.0)  # breast everywhere, no lesion from the network
+    save_model(tiny_classifier(10.0), FOCI_CARD, tmp_path / "foci")
+    for name in ("foci_classifier.json", "foci_classifier.safetensors"):
+        (folder / name).write_bytes((tmp_path / "foci" / name).read_bytes())
+    models = load_models(folder, "cpu")
+    pre, post = study_images(rng)
+    post = sitk.Add(post, 0.0)
+    post[20, 20, 5] = 3000.0  # one bright voxel: a blob for the search
+    with_foci = segment_images(pre, post, models)
+    assert "foci" in with_foci.seconds and with_foci.network_inputs["foci"][1:] == (1, 32, 32, 32)
+    without = segment_images(pre, post, models, SegmentationOptions(foci=False))
+    assert "foci" not in without.seconds and "foci" not in without.network_inputs
+    assert not sitk.GetArrayFromImage(without.lesions).any()
