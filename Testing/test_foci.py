@@ -246,3 +246,15 @@ def test_the_pipeline_runs_the_foci_classifier_unless_told_not_to(tmp_path, rng)
     without = segment_images(pre, post, models, SegmentationOptions(foci=False))
     assert "foci" not in without.seconds and "foci" not in without.network_inputs
     assert not sitk.GetArrayFromImage(without.lesions).any()
+
+
+def test_examples_are_saved_and_read_back(tmp_path):
+    from BreastSegmentationLib.training.foci import load_examples, save_examples
+    examples = Examples(np.ones((3, 1, 2, 2, 2), np.float16), np.array([1, 0, 0]), np.array([5.0, 0.0, 0.0]),
+                        np.array(["a", "a", "b"]))
+    save_examples(examples, tmp_path / "one.npz")
+    save_examples(examples.subset(np.array([False, True, True])), tmp_path / "two.npz")
+    both = load_examples([tmp_path / "one.npz", tmp_path / "two.npz"])
+    assert both.cubes.shape == (5, 1, 2, 2, 2) and list(both.labels) == [1, 0, 0, 0, 0]
+    assert list(both.studies) == ["a", "a", "b", "a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.npz", "two.npz"]

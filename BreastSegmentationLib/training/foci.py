@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from ..data.phantom import PhantomConfig, case_seed, generate_case
 from ..inference.foci import FocusSearch, blob_score, candidate_peaks, classify, patches, subtraction_scale
+from ..io.outputs import atomic_output_file
 from ..models.cards import ModelCard, save_model
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def phantom_studies(seed: int, count: int, config: PhantomConfig = FOCI_PHANTOM)
 
 def collect_examples(studies: Iterable[tuple[str, tuple]], search: FocusSearch, negatives: int = 80,
                      seed: int = 0) -> Examples:
+    """The examples of every study, one after the other (the negatives drawn with one generator of ``seed``)."""
     rng = np.random.default_rng(seed)
     parts = []
     for name, (subtraction, breast, lesions, spacing) in studies:
@@ -209,8 +211,10 @@ FOCI_CARD = ModelCard(
 
 
 def save_examples(examples: Examples, path: str | Path) -> None:
-    np.savez(path, cubes=examples.cubes, labels=examples.labels, lesion_mm3=examples.lesion_mm3,
-             studies=examples.studies)
+    """Write the examples as one .npz file, whole or not at all."""
+    with atomic_output_file(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, cubes=examples.cubes, labels=examples.labels, lesion_mm3=examples.lesion_mm3,
+                 studies=examples.studies)
 
 
 def load_examples(paths: Iterable[str | Path]) -> Examples:
