@@ -258,3 +258,17 @@ def test_examples_are_saved_and_read_back(tmp_path):
     assert both.cubes.shape == (5, 1, 2, 2, 2) and list(both.labels) == [1, 0, 0, 0, 0]
     assert list(both.studies) == ["a", "a", "b", "a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == [
         "one.npz", "two.npz"]
+
+
+def test_grown_foci_follow_the_threshold_and_the_score_floor(study):
+    from BreastSegmentationLib.inference.foci import grow_foci, score_candidates
+    subtraction, breast, _ = study
+    candidates = score_candidates(subtraction, breast, np.zeros(SHAPE, np.uint8), SPACING, [tiny_classifier(5.0)],
+                                  torch.device("cpu"), SEARCH)
+    ball_score = candidates.score[tuple(c - b.start for c, b in zip(BALL_CENTRE, candidates.box))]
+    accepted = grow_foci(candidates, SHAPE, SPACING, SEARCH, threshold=0.5)
+    assert accepted[BALL_CENTRE]
+    assert not grow_foci(candidates, SHAPE, SPACING, SEARCH, threshold=0.999).any()  # sigmoid(5) = 0.993
+    assert not grow_foci(candidates, SHAPE, SPACING, SEARCH, threshold=0.5, min_score=10 * ball_score).any()
+    assert score_candidates(subtraction, np.zeros(SHAPE, bool), breast, SPACING, [tiny_classifier(5.0)],
+                            torch.device("cpu"), SEARCH) is None

@@ -198,15 +198,25 @@ def without_small_regions(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     return keep[labels]
 
 
-def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, spacing_xyz: tuple[float, ...],
-              networks: list[torch.nn.Module], device: torch.device, search: FocusSearch,
-              threshold: float, min_voxels: float = 0.0) -> FociResult:
-    """Foci the classifier gives more than ``threshold`` that touch no lesion of ``lesions`` (all (z, y, x) arrays
-    of one grid), grown inside the breast, of at least ``min_voxels``."""
-    mask = np.zeros(breast.shape, dtype=bool)
-    cube = (1,) + (search.patch_voxels,) * 3
+@dataclass
+class Candidates:
+    """A study's scored candidates: the box of the arrays they were found in, the blob score there, the peaks
+    (indices in the box) and the classifier's probability of each."""
+
+    box: tuple[slice, ...]
+    score: np.ndarray
+    inside: np.ndarray
+    peaks: np.ndarray
+    probability: np.ndarray
+
+
+def score_candidates(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray,
+                     spacing_xyz: tuple[float, ...], networks: list[torch.nn.Module], device: torch.device,
+                     search: FocusSearch) -> Candidates | None:
+    """Blob peaks inside the breast that touch no lesion of ``lesions`` (all (z, y, x) arrays of one grid), with
+    the classifier's probability of each; None without breast."""
     if not breast.any():
-        return FociResult(mask, [], (0,) + cube)
+        return None
     box = breast_box(breast, spacing_xyz, search_margin_mm(search))
     sub, inside = np.asarray(subtraction[box], dtype=np.float32), breast[box]
     score = blob_score(sub, inside, spacing_xyz, search)
@@ -214,16 +224,42 @@ def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, 
     peaks = peaks[~touching(lesions[box] > 0, peaks)]
     probability = classify(networks, patches(sub, peaks, spacing_xyz, search, *subtraction_scale(sub, inside)),
                            device)
-    local = mask[box]
-    for peak in peaks[probability > threshold]:
-        region_box, region = focus_region(score, peak, spacing_xyz, search)
-        local[region_box] |= region & inside[region_box]
+    return Candidates(box, score, inside, peaks, probability)
+
+
+def grow_foci(candidates: Candidates, shape: tuple[int, ...], spacing_xyz: tuple[float, ...], search: FocusSearch,
+              threshold: float, min_voxels: float = 0.0, min_score: float | None = None) -> np.ndarray:
+    """The mask (of ``shape``) of the foci grown from the candidates above ``threshold`` (and above ``min_score``,
+    when given, a floor higher than the search's), inside the breast, of at least ``min_voxels``."""
+    mask = np.zeros(shape, dtype=bool)
+    accepted = candidates.probability > threshold
+    if min_score is not None:
+        accepted &= candidates.score[tuple(candidates.peaks.T)] > min_score
+    local = mask[candidates.box]
+    for peak in candidates.peaks[accepted]:
+        region_box, region = focus_region(candidates.score, peak, spacing_xyz, search)
+        local[region_box] |= region & candidates.inside[region_box]
     if local.any():
         grown = _grown_box(local, [1, 1, 1])
         local[grown] = without_small_regions(local[grown], min_voxels)
-    found = [{"peak_index_zyx": [int(a + b.start) for a, b in zip(peak, box)], "probability": round(float(p), 4)}
-             for peak, p in zip(peaks, probability) if p > threshold and local[tuple(peak)]]
-    return FociResult(mask, found, (len(peaks),) + cube)
+    return mask
+
+
+def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, spacing_xyz: tuple[float, ...],
+              networks: list[torch.nn.Module], device: torch.device, search: FocusSearch,
+              threshold: float, min_voxels: float = 0.0) -> FociResult:
+    """Foci the classifier gives more than ``threshold`` that touch no lesion of ``lesions`` (all (z, y, x) arrays
+    of one grid), grown inside the breast, of at least ``min_voxels``."""
+    cube = (1,) + (search.patch_voxels,) * 3
+    candidates = score_candidates(subtraction, breast, lesions, spacing_xyz, networks, device, search)
+    if candidates is None:
+        return FociResult(np.zeros(breast.shape, dtype=bool), [], (0,) + cube)
+    mask = grow_foci(candidates, breast.shape, spacing_xyz, search, threshold, min_voxels)
+    starts = np.array([b.start for b in candidates.box])
+    found = [{"peak_index_zyx": [int(v) for v in peak + starts], "probability": round(float(p), 4)}
+             for peak, p in zip(candidates.peaks, candidates.probability)
+             if p > threshold and mask[tuple(peak + starts)]]
+    return FociResult(mask, found, (len(candidates.peaks),) + cube)
 
 
 def lps_arrays(*images: sitk.Image) -> list[np.ndarray]:
