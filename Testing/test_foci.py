@@ -81,6 +81,38 @@ def test_the_ball_is_a_candidate_peak_and_every_peak_lies_in_the_breast(study):
     assert (score[tuple(peaks.T)] > SEARCH.min_score).all()
 
 
+@pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.0), (0.7, 0.7, 1.1)])
+def test_peaks_are_the_maximum_filters_maxima_above_the_floor(rng, spacing):
+    from scipy import ndimage
+    score = ndimage.gaussian_filter(rng.normal(size=(20, 40, 50)), 1.0) * 40.0
+    breast = np.zeros(score.shape, bool)
+    breast[:, 5:, :-3] = True  # the breast reaches three sides of the volume: peaks on its edges count
+    size = [max(3, int(round(SEARCH.peak_window_mm / s)) | 1) for s in spacing[::-1]]
+    expected = np.argwhere((score == ndimage.maximum_filter(score, size=size, mode="nearest"))
+                           & (score > SEARCH.min_score) & breast)
+    peaks = candidate_peaks(score, breast, spacing, SEARCH)
+    assert len(expected) > 5
+    np.testing.assert_array_equal(peaks, expected)
+    assert len(candidate_peaks(score, breast, spacing, SEARCH, min_score=score.max())) == 0
+
+
+def test_the_blob_score_is_close_to_the_exact_difference_of_gaussians(study):
+    """The wide Gaussian comes from a coarser grid (here in-plane only: the slices are 2 mm apart); the score moves
+    less than it would with that Gaussian one voxel off (0.7 here)."""
+    from scipy import ndimage
+    subtraction, breast, _ = study
+    sigmas = [np.array([sigma] * 3) / np.array(SPACING[::-1]) for sigma in (SEARCH.small_sigma_mm,
+                                                                           SEARCH.large_sigma_mm)]
+    dog = ndimage.gaussian_filter(subtraction, sigmas[0], truncate=3.0) - ndimage.gaussian_filter(
+        subtraction, sigmas[1], truncate=3.0)
+    values = dog[breast]
+    exact = (dog - np.median(values)) / (np.median(np.abs(values - np.median(values))) * 1.4826)
+    score = blob_score(subtraction, breast, SPACING, SEARCH)
+    assert score.dtype == np.float32 and score.shape == subtraction.shape
+    assert np.abs(score - exact)[breast].max() < 0.3
+    assert score[BALL_CENTRE] > 20.0
+
+
 def test_a_cube_is_sampled_at_1_mm_around_its_peak(study):
     subtraction, breast, _ = study
     cube = patches(subtraction, np.array([BALL_CENTRE]), SPACING, SEARCH, *subtraction_scale(subtraction, breast))
@@ -93,8 +125,11 @@ def test_a_cube_is_sampled_at_1_mm_around_its_peak(study):
 
 
 @pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.0), (0.7, 0.7, 1.1), (1.0, 1.0, 1.5)])
-def test_cubes_are_scipys_trilinear_samples_even_at_the_volume_edge(rng, spacing):
+def test_cubes_are_scipys_trilinear_samples_even_at_the_volume_edge(rng, spacing, monkeypatch):
     from scipy import ndimage
+
+    from BreastSegmentationLib.inference import foci
+    monkeypatch.setattr(foci, "PATCH_CHUNK", 3)  # the four cubes come in two chunks
     volume = rng.normal(size=(30, 50, 60)).astype(np.float32)
     peaks = np.array([[15, 25, 30], [0, 0, 0], [29, 49, 59], [1, 48, 3]])
     cubes = patches(volume, peaks, spacing, SEARCH, 0.3, 2.0)
@@ -135,10 +170,11 @@ def test_find_foci_adds_what_the_classifier_accepts_away_from_known_lesions(stud
     found = find_foci(subtraction, breast, no_lesions, SPACING, [tiny_classifier(5.0)], torch.device("cpu"),
                       SEARCH, threshold=0.5)
     assert found.mask[BALL_CENTRE] and not found.mask[~breast].any()
-    assert found.network_input[1:] == (1, 32, 32, 32) and found.network_input[0] >= len(found.found) >= 1
+    assert found.network_input[1:] == (1, 32, 32, 32) and found.network_input[0] >= len(found.peaks) >= 1
+    assert len(found.probabilities) == len(found.peaks) and (found.probabilities > 0.99).all()
     refused = find_foci(subtraction, breast, no_lesions, SPACING, [tiny_classifier(-5.0)], torch.device("cpu"),
                         SEARCH, threshold=0.5)
-    assert not refused.mask.any() and refused.found == []
+    assert not refused.mask.any() and len(refused.peaks) == 0
     known = find_foci(subtraction, breast, ball, SPACING, [tiny_classifier(5.0)], torch.device("cpu"), SEARCH,
                       threshold=0.5)
     assert not known.mask[ball > 0].any()  # a blob on a lesion the network found is not looked at again
@@ -223,11 +259,54 @@ def test_add_foci_relabels_lesions_by_size_on_the_study_grid(study):
     lesions = sitk.GetImageFromArray(big)
     lesions.CopyInformation(images[0])
     loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()  # above 0.998
-    labelled, found = add_foci(*images, lesions, loaded, torch.device("cpu"), min_volume_mm3=10.0)
+    labelled, added, network_input = add_foci(*images, lesions, loaded, torch.device("cpu"), min_volume_mm3=10.0)
     array = sitk.GetArrayFromImage(labelled)
-    assert labelled.GetPixelID() == sitk.sitkUInt16
+    assert labelled.GetPixelID() == sitk.sitkUInt16 and labelled.GetSize() == lesions.GetSize()
     assert array[BALL_CENTRE] > 1 and (array[4:10, 40:56, 8:24] == 1).all()
-    assert found.found
+    assert network_input[0] >= len(added) >= 1
+    # The ball's centre, in RAS millimetres (the images' grid is LPS-aligned: x and y change sign).
+    ball_ras = np.array([-BALL_CENTRE[2] * SPACING[0], -BALL_CENTRE[1] * SPACING[1], BALL_CENTRE[0] * SPACING[2]])
+    assert min(np.linalg.norm(np.array(row["peak_ras_mm"]) - ball_ras) for row in added) <= 2.0
+
+
+def test_add_foci_reads_the_breasts_block_of_a_flipped_grid(study):
+    from BreastSegmentationLib.inference.foci import search_region
+    subtraction, breast, _ = study
+    padding = ((0, 0), (0, 0), (0, 40))  # 32 mm more beyond the breast than the search reaches along x
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), np.zeros(SHAPE, np.uint16)):
+        image = sitk.GetImageFromArray(np.pad(array, padding))
+        image.SetSpacing(SPACING)
+        image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS-aligned rows and columns
+        images.append(image)
+    size, index = search_region(images[2], SEARCH)
+    assert index == [0, 0, 0] and size[0] < images[2].GetSize()[0] and size[1:] == [64, 24]
+    loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()
+    labelled, added, _ = add_foci(*images, loaded, torch.device("cpu"), min_volume_mm3=10.0)
+    array = sitk.GetArrayFromImage(labelled)
+    assert labelled.GetSize() == images[0].GetSize() and array[BALL_CENTRE] > 0 and not array[:, :, 64:].any()
+    x, y, z = images[0].TransformIndexToPhysicalPoint(BALL_CENTRE[::-1])
+    assert min(np.linalg.norm(np.array(row["peak_ras_mm"]) - [-x, -y, z]) for row in added) <= 2.0
+    assert search_region(images[3], SEARCH) is None  # no breast: nothing to read
+
+
+def test_add_foci_finds_the_same_foci_on_a_grid_with_permuted_axes(study):
+    """A sagittal-like grid: the index axes are the axial grid's in another order, spacing included."""
+    subtraction, breast, _ = study
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), np.zeros(SHAPE, np.uint16)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        images.append(image)
+    loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()
+    axial, axial_rows, _ = add_foci(*images, loaded, torch.device("cpu"), min_volume_mm3=10.0)
+    permuted = [sitk.PermuteAxes(image, [2, 0, 1]) for image in images]
+    assert permuted[0].GetSpacing() == (SPACING[2], SPACING[0], SPACING[1])
+    labelled, rows, _ = add_foci(*permuted, loaded, torch.device("cpu"), min_volume_mm3=10.0)
+    back = sitk.PermuteAxes(labelled, [1, 2, 0])
+    assert sitk.GetArrayFromImage(axial).any()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(axial))
+    assert rows == axial_rows
 
 
 def test_the_pipeline_runs_the_foci_classifier_unless_told_not_to(tmp_path, rng):

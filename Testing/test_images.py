@@ -13,6 +13,7 @@ from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.io.images import (
     align_post_to_pre,
     binary_mask,
+    bounding_box,
     check_mask,
     check_volume,
     physical_overlap,
@@ -440,3 +441,13 @@ def test_vector_nifti_is_left_to_itk(tmp_path, oblique_image):
     read = read_image(path)
     assert read.GetNumberOfComponentsPerPixel() == 2
     assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 11), (1, 5, 6), (4, 12)])
+def test_bounding_box_is_find_objects_box(rng, shape):
+    from scipy import ndimage
+    for fill in (0.002, 0.05, 0.9):
+        mask = rng.random(shape) < fill
+        mask.flat[rng.integers(mask.size)] = True
+        assert bounding_box(mask) == ndimage.find_objects(mask.view(np.uint8))[0]
+

@@ -37,3 +37,16 @@ def test_one_panel_per_lesion_up_to_the_limit_and_height_from_the_aspect(tmp_pat
         assert width == round(PANEL_WIDTH_IN * panels * DPI)
         # panels are twice as wide as high (60 x 30 voxels of equal spacing), plus a strip for their titles
         assert round(PANEL_WIDTH_IN * DPI / 2) < height < round(PANEL_WIDTH_IN * DPI / 2 + DPI)
+
+
+def test_each_lesion_is_shown_on_its_largest_slice():
+    from BreastSegmentationLib.reports.overview import _largest_slices
+    lesions = np.zeros((12, 20, 20), np.uint16)
+    lesions[5:9, 10:12, 10:12] = 1
+    lesions[7, 8:14, 8:14] = 1  # lesion 1 is widest on slice 7
+    lesions[3, 2:4, 2:4] = 2
+    lesions[2, 2:3, 2:3] = 2
+    lesions[10, 15, 15] = 4  # label 3 is absent
+    assert _largest_slices(lesions, 3) == {1: 7, 2: 3, 4: 10}
+    assert _largest_slices(lesions, 1) == {1: 7}
+    assert _largest_slices(np.zeros_like(lesions), 3) == {}

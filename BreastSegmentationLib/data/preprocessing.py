@@ -28,6 +28,7 @@ from ..io.images import (
     align_post_to_pre,
     as_float32,
     binary_mask,
+    bounding_box,
     reorient_to_ras,
     resample_like,
     same_geometry,
@@ -257,7 +258,7 @@ def fill_holes_per_slice(mask_zyx: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask_zyx) > 0
     if not mask.any():
         return mask
-    box = ndimage.find_objects(mask.view(np.uint8))[0]
+    box = bounding_box(mask)
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     regions, count = ndimage.label(~mask[box], structure=in_plane)

@@ -34,13 +34,13 @@ from ..data.preprocessing import (
     uses_excess,
 )
 from ..errors import InputError
-from ..io.images import align_post_to_pre, as_float32, cut_to_mask, reorient_to_ras, resample_like
+from ..io.images import align_post_to_pre, as_float32, cut_to_mask, reorient, reorient_to_ras, resample_like
 from ..io.registration import Motion, correct_motion
 from ..models.cards import ModelCard, find_cards, load_networks
 from ..models.registry import ARCHITECTURES
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
-from .foci import FociResult, FocusSearch, find_foci, lps_arrays, mask_like
+from .foci import FocusSearch, added_foci_rows, find_foci, lps_arrays, mask_like, search_region
 from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size
 from .runtime import describe_device, predict_slices, resolve_device
 
@@ -136,6 +136,7 @@ class Segmentation:
 
     The lesion probability is kept on the lesion model's crop (``probability_in_box``) and put onto that grid when
     :attr:`probability` is first asked for: :func:`..study.segment_study` has it done while it draws the figure.
+    ``foci`` lists the foci the classifier added (:func:`.foci.added_foci_rows`).
     """
 
     breast: sitk.Image
@@ -253,12 +254,12 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     lesions = resample_like(lesions, pre, is_mask=True)
     seconds["restore"] = time.perf_counter() - started
     network_inputs = {"breast": breast_input, "lesion": lesion_input}
-    foci = None
+    foci: list[dict] = []
     if models.foci is not None and options.foci:
         started = time.perf_counter()
         progress.update("foci", 0.0)
-        lesions, foci = add_foci(pre_float, post, breast_on_pre, lesions, models.foci, models.device, min_volume)
-        network_inputs["foci"] = foci.network_input
+        lesions, foci, network_inputs["foci"] = add_foci(pre_float, post, breast_on_pre, lesions, models.foci,
+                                                         models.device, min_volume)
         seconds["foci"] = time.perf_counter() - started
     result = Segmentation(
         breast=breast_on_pre,
@@ -272,20 +273,28 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         min_lesion_peak=min_peak,
         network_inputs=network_inputs,
         motion=motion,
-        foci=foci.found if foci is not None else [],
+        foci=foci,
     )
     progress.update("done", 1.0)
     return result
 
 
 def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sitk.Image, model: LoadedModel,
-             device: torch.device, min_volume_mm3: float) -> tuple[sitk.Image, FociResult]:
+             device: torch.device, min_volume_mm3: float) -> tuple[sitk.Image, list[dict], tuple[int, ...]]:
     """``lesions`` (labels on ``pre``'s grid) with the foci of at least ``min_volume_mm3`` that the classifier finds
-    added, relabelled 1..N by decreasing volume, and what the search found."""
-    pre_a, post_a, breast_a, lesion_a = lps_arrays(pre, post, breast, lesions)
-    foci = find_foci(post_a - pre_a, breast_a > 0, lesion_a, pre.GetSpacing(), model.networks, device,
-                     FocusSearch.from_dict(model.card.preprocessing), model.card.threshold,
-                     min_volume_mm3 / float(np.prod(pre.GetSpacing())))
+    added, relabelled 1..N by decreasing volume; one row per focus added (:func:`added_foci_rows`); the shape of
+    the classifier's input. The volumes are cut to the block the search reads before anything else."""
+    search = FocusSearch.from_dict(model.card.preprocessing)
+    region = search_region(breast, search)
+    if region is None:
+        return lesions, [], (0, 1) + (search.patch_voxels,) * 3
+    crops = [sitk.RegionOfInterest(image, *region) for image in (pre, post, breast, lesions)]
+    pre_a, post_a, breast_a, lesion_a = lps_arrays(*crops)
+    lps_grid = reorient(crops[0], "LPS")  # its spacing is the arrays' (a sagittal study's axes are permuted)
+    foci = find_foci(post_a - pre_a, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
+                     model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())))
     if not foci.mask.any():
-        return lesions, foci
-    return label_by_size(mask_like((lesion_a > 0) | foci.mask, pre)), foci
+        return lesions, [], foci.network_input
+    added = resample_like(mask_like(foci.mask, crops[0]), lesions, is_mask=True)
+    rows = added_foci_rows(foci, lps_grid)
+    return label_by_size(sitk.Or(sitk.Cast(lesions > 0, sitk.sitkUInt8), added)), rows, foci.network_input

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from ..io.images import reorient  # noqa: E402
+from ..io.images import bounding_box, reorient  # noqa: E402
 from ..io.outputs import atomic_output_file  # noqa: E402
 
 #: Lesion panels shown at most (the largest lesions first).
@@ -49,13 +49,18 @@ def _caption(axis: plt.Axes, text: str) -> None:
 
 
 def _largest_slices(lesion_a: np.ndarray, limit: int) -> dict[int, int]:
-    """The first ``limit`` labels of a label map and, for each, the slice where it has the most voxels."""
-    boxes = ndimage.find_objects(lesion_a)
+    """The first ``limit`` labels of a label map and, for each, the slice where it has the most voxels (searched in
+    the lesions' bounding box: find_objects visits every voxel it is given)."""
+    if not lesion_a.any():
+        return {}
+    around = bounding_box(lesion_a)
+    lesions = lesion_a[around]
+    boxes = ndimage.find_objects(lesions)
     labels = [label for label, box in enumerate(boxes, start=1) if box is not None][:limit]
     slices = {}
     for label in labels:
         box = boxes[label - 1]
-        slices[label] = box[0].start + int(np.argmax((lesion_a[box] == label).sum(axis=(1, 2))))
+        slices[label] = around[0].start + box[0].start + int(np.argmax((lesions[box] == label).sum(axis=(1, 2))))
     return slices
 
 
