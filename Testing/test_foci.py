@@ -6,6 +6,8 @@ tube (a vessel), on a grid of anisotropic spacing, so what each step finds is kn
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -307,6 +309,59 @@ def test_add_foci_finds_the_same_foci_on_a_grid_with_permuted_axes(study):
     assert sitk.GetArrayFromImage(axial).any()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(axial))
     assert rows == axial_rows
+
+
+@pytest.mark.parametrize("logit", [-10.0, 10.0])
+def test_each_lesion_gets_the_classifiers_probability_of_its_two_cubes(study, logit):
+    from BreastSegmentationLib.inference.foci import lesion_veto_scores, score_candidates
+    subtraction, breast, ball = study
+    lesions = ball.astype(np.uint16)
+    lesions[12, 20:40, 47:50] = 3  # the tube, as the lesion network might take it; label 2 is absent
+    probability = (lesions > 0) * np.float32(0.9)
+    networks = [tiny_classifier(logit)]
+    candidates = score_candidates(subtraction, breast, lesions, SPACING, networks, torch.device("cpu"), SEARCH)
+    scores = lesion_veto_scores(candidates, subtraction, lesions, probability, SPACING, networks,
+                                torch.device("cpu"), SEARCH)
+    assert sorted(scores) == [1, 3]
+    assert np.allclose(list(scores.values()), 1.0 / (1.0 + np.exp(-logit)), atol=1e-6)
+
+
+class BrightCentre(torch.nn.Module):
+    """Says "lesion" where the cube's central 2 x 2 x 2 voxels are bright (normalised subtraction above 0.5)."""
+
+    def forward(self, cubes: torch.Tensor) -> torch.Tensor:
+        return (cubes[:, :, 15:17, 15:17, 15:17].mean(dim=(2, 3, 4)) - 0.5) * 50.0
+
+
+def test_a_lesion_is_judged_by_cubes_centred_inside_it(study):
+    from BreastSegmentationLib.inference.foci import lesion_veto_scores, score_candidates
+    subtraction, breast, ball = study
+    lesions = ball.astype(np.uint16)
+    lesions[6:9, 10:16, 30:36] = 2  # plain noise: no enhancement anywhere in it
+    probability = (lesions > 0) * np.float32(0.5)
+    probability[BALL_CENTRE] = probability[7, 12, 33] = 0.9
+    networks = [BrightCentre().eval()]
+    candidates = score_candidates(subtraction, breast, lesions, SPACING, networks, torch.device("cpu"), SEARCH)
+    scores = lesion_veto_scores(candidates, subtraction, lesions, probability, SPACING, networks,
+                                torch.device("cpu"), SEARCH)
+    assert scores[1] > 0.99 and scores[2] < 0.01
+
+
+def test_add_foci_removes_vetoed_lesions_and_counts_their_cubes(study):
+    subtraction, breast, ball = study
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), ball.astype(np.uint16),
+                  ball.astype(np.float32)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        images.append(image)
+    card = dataclasses.replace(FOCI_CARD, preprocessing={**FOCI_CARD.preprocessing, "veto_below": 0.5})
+    loaded = type("Loaded", (), {"networks": [tiny_classifier(-10.0)], "card": card})()
+    labelled, added, network_input = add_foci(*images[:4], loaded, torch.device("cpu"), 10.0, images[4])
+    assert not sitk.GetArrayFromImage(labelled).any() and added == []
+    without_probability = add_foci(*images[:4], loaded, torch.device("cpu"), 10.0)
+    assert (sitk.GetArrayFromImage(without_probability[0]) == ball).all()
+    assert network_input[0] == without_probability[2][0] + 2  # the ball's two cubes
 
 
 def test_the_pipeline_runs_the_foci_classifier_unless_told_not_to(tmp_path, rng):

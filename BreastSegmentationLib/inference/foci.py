@@ -13,7 +13,7 @@ trained in; its training flips every axis, so RAS or other flips read the same) 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +38,9 @@ class FocusSearch:
     patch_spacing_mm: float = 1.0
     region_radius_mm: float = 6.0  #: a focus reaches at most this far from its peak
     region_fraction: float = 0.5  #: of the peak's blob score that the focus's voxels exceed
+    #: A lesion of the lesion model is dropped when the classifier gives less than this to both of its cubes: at its
+    #: highest lesion probability and at its highest blob score (None: lesions are kept as they are).
+    veto_below: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> FocusSearch:
@@ -241,6 +244,7 @@ class FociResult:
     peaks: np.ndarray
     probabilities: np.ndarray
     network_input: tuple[int, ...]
+    vetoed: list[int] = field(default_factory=list)  #: labels of the lesion map the classifier rejects
 
 
 def without_small_regions(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -301,9 +305,10 @@ def grow_foci(candidates: Candidates, shape: tuple[int, ...], spacing_xyz: tuple
 
 def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, spacing_xyz: tuple[float, ...],
               networks: list[torch.nn.Module], device: torch.device, search: FocusSearch,
-              threshold: float, min_voxels: float = 0.0) -> FociResult:
+              threshold: float, min_voxels: float = 0.0, probability: np.ndarray | None = None) -> FociResult:
     """Foci the classifier gives more than ``threshold`` that touch no lesion of ``lesions`` (all (z, y, x) arrays
-    of one grid), grown inside the breast, of at least ``min_voxels``."""
+    of one grid), grown inside the breast, of at least ``min_voxels``; given the lesion ``probability`` and a card
+    with :attr:`FocusSearch.veto_below`, also the lesions the classifier rejects (:func:`lesion_veto_scores`)."""
     cube = (1,) + (search.patch_voxels,) * 3
     candidates = score_candidates(subtraction, breast, lesions, spacing_xyz, networks, device, search)
     if candidates is None:
@@ -311,7 +316,11 @@ def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, 
     mask = grow_foci(candidates, breast.shape, spacing_xyz, search, threshold, min_voxels)
     peaks = candidates.peaks + np.array([b.start for b in candidates.box])
     kept = (candidates.probability > threshold) & mask[tuple(peaks.T)]
-    return FociResult(mask, peaks[kept], candidates.probability[kept], (len(peaks),) + cube)
+    scores = {} if probability is None or search.veto_below is None else lesion_veto_scores(
+        candidates, subtraction, lesions, probability, spacing_xyz, networks, device, search)
+    vetoed = [label for label, score in scores.items() if score < search.veto_below]
+    return FociResult(mask, peaks[kept], candidates.probability[kept], (len(peaks) + 2 * len(scores),) + cube,
+                      vetoed)
 
 
 def search_region(breast: sitk.Image, search: FocusSearch) -> tuple[list[int], list[int]] | None:
@@ -337,6 +346,32 @@ def added_foci_rows(foci: FociResult, reference_lps: sitk.Image) -> list[dict]:
         rows.append({"peak_ras_mm": [round(-x, 2), round(-y, 2), round(z, 2)],
                      "probability": round(float(probability), 4)})
     return rows
+
+
+def lesion_veto_scores(candidates: Candidates, subtraction: np.ndarray, lesions: np.ndarray,
+                       probability: np.ndarray, spacing_xyz: tuple[float, ...], networks: list[torch.nn.Module],
+                       device: torch.device, search: FocusSearch) -> dict[int, float]:
+    """For each label of ``lesions`` (a label map; arrays of the grid the candidates were scored on), the higher of
+    the classifier's probabilities of two cubes: centred at the lesion's highest ``probability`` and at its highest
+    blob score. A lesion under :attr:`FocusSearch.veto_below` is dropped.
+
+    Why: the lesion network's false positives are mostly enhancing vessels and gland that it sees slice by slice;
+    on 48 tuning phantom studies the 3-D classifier gave 12 of its 25 false lesions less than 0.5 at both points and
+    none of its 54 true ones.
+    """
+    box = candidates.box
+    labels, chance = lesions[box], probability[box]
+    found = [label for label, extent in enumerate(ndimage.find_objects(labels), start=1) if extent is not None]
+    if not found:
+        return {}
+    centres = []
+    for label in found:
+        voxels = np.argwhere(labels == label)
+        centres += [voxels[np.argmax(chance[tuple(voxels.T)])], voxels[np.argmax(candidates.score[tuple(voxels.T)])]]
+    sub = np.asarray(subtraction[box], dtype=np.float32)
+    cubes = patches(sub, np.array(centres), spacing_xyz, search, *subtraction_scale(sub, candidates.inside))
+    best = classify(networks, cubes, device).reshape(-1, 2).max(axis=1)
+    return {label: float(p) for label, p in zip(found, best)}
 
 
 def lps_arrays(*images: sitk.Image) -> list[np.ndarray]:

@@ -254,17 +254,18 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     lesions = resample_like(lesions, pre, is_mask=True)
     seconds["restore"] = time.perf_counter() - started
     network_inputs = {"breast": breast_input, "lesion": lesion_input}
+    probability_in_box = in_box.image(lesion_probability)
     foci: list[dict] = []
     if models.foci is not None and options.foci:
         started = time.perf_counter()
         progress.update("foci", 0.0)
         lesions, foci, network_inputs["foci"] = add_foci(pre_float, post, breast_on_pre, lesions, models.foci,
-                                                         models.device, min_volume)
+                                                         models.device, min_volume, probability_in_box)
         seconds["foci"] = time.perf_counter() - started
     result = Segmentation(
         breast=breast_on_pre,
         lesions=lesions,
-        probability_in_box=in_box.image(lesion_probability),
+        probability_in_box=probability_in_box,
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),
@@ -280,10 +281,12 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
 
 
 def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sitk.Image, model: LoadedModel,
-             device: torch.device, min_volume_mm3: float) -> tuple[sitk.Image, list[dict], tuple[int, ...]]:
+             device: torch.device, min_volume_mm3: float,
+             probability: sitk.Image | None = None) -> tuple[sitk.Image, list[dict], tuple[int, ...]]:
     """``lesions`` (labels on ``pre``'s grid) with the foci of at least ``min_volume_mm3`` that the classifier finds
-    added, relabelled 1..N by decreasing volume; one row per focus added (:func:`added_foci_rows`); the shape of
-    the classifier's input. The volumes are cut to the block the search reads before anything else."""
+    added and, given the lesion ``probability`` (any grid) and a card that vetoes, the lesions it rejects removed,
+    relabelled 1..N by decreasing volume; one row per focus added (:func:`added_foci_rows`); the shape of the
+    classifier's input. The volumes are cut to the block the search reads before anything else."""
     search = FocusSearch.from_dict(model.card.preprocessing)
     region = search_region(breast, search)
     if region is None:
@@ -291,10 +294,14 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
     crops = [sitk.RegionOfInterest(image, *region) for image in (pre, post, breast, lesions)]
     pre_a, post_a, breast_a, lesion_a = lps_arrays(*crops)
     lps_grid = reorient(crops[0], "LPS")  # its spacing is the arrays' (a sagittal study's axes are permuted)
+    probability_a = None
+    if probability is not None and search.veto_below is not None:
+        (probability_a,) = lps_arrays(resample_like(probability, crops[0]))
     foci = find_foci(post_a - pre_a, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
-                     model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())))
-    if not foci.mask.any():
+                     model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a)
+    if not foci.mask.any() and not foci.vetoed:
         return lesions, [], foci.network_input
+    kept = sitk.ChangeLabel(lesions, changeMap={label: 0 for label in foci.vetoed}) if foci.vetoed else lesions
     added = resample_like(mask_like(foci.mask, crops[0]), lesions, is_mask=True)
     rows = added_foci_rows(foci, lps_grid)
-    return label_by_size(sitk.Or(sitk.Cast(lesions > 0, sitk.sitkUInt8), added)), rows, foci.network_input
+    return label_by_size(sitk.Or(sitk.Cast(kept > 0, sitk.sitkUInt8), added)), rows, foci.network_input
