@@ -34,6 +34,8 @@ from BreastSegmentationLib.training.foci import (
     MAX_PEAKS_PER_LESION,
     Examples,
     capped_positives,
+    collect_component_examples,
+    component_examples,
     labelled_peaks,
     study_examples,
     train_classifier,
@@ -406,3 +408,83 @@ def test_grown_foci_follow_the_threshold_and_the_score_floor(study):
     assert not grow_foci(candidates, SHAPE, SPACING, SEARCH, threshold=0.5, min_score=10 * ball_score).any()
     assert score_candidates(subtraction, np.zeros(SHAPE, bool), breast, SPACING, [tiny_classifier(5.0)],
                             torch.device("cpu"), SEARCH) is None
+
+
+def test_the_veto_learns_from_the_cubes_it_will_judge(study):
+    from BreastSegmentationLib.inference.foci import lesion_veto_scores, score_candidates
+    subtraction, breast, ball = study
+    found = ball.astype(np.uint16)
+    found[12, 20:40, 47:50] = 3  # the tube, taken for a lesion by the network
+    probability = (found > 0) * np.float32(0.5)
+    torch.manual_seed(0)
+    network = FOCI_CARD.build().eval()
+    candidates = score_candidates(subtraction, breast, found, SPACING, [network], torch.device("cpu"), SEARCH)
+    scores = lesion_veto_scores(candidates, subtraction, found, probability, SPACING, [network],
+                                torch.device("cpu"), SEARCH)
+    examples = collect_component_examples([("s", (subtraction, breast, ball, probability, found, SPACING))], SEARCH)
+    assert list(examples.labels) == [1, 1, 0, 0] and list(examples.studies) == ["s"] * 4
+    ball_mm3 = float(ball.sum() * np.prod(SPACING))
+    assert np.allclose(examples.lesion_mm3, [ball_mm3, ball_mm3, 0.0, 0.0])
+    best = classify([network], examples.cubes.astype(np.float32), torch.device("cpu")).reshape(-1, 2).max(axis=1)
+    assert np.allclose(best, [scores[1], scores[3]], atol=2e-3)  # the cubes are stored as float16
+
+
+def test_a_study_without_network_lesions_gives_no_veto_examples(study):
+    subtraction, breast, ball = study
+    examples = component_examples(subtraction, breast, ball, np.zeros(SHAPE, np.float32), np.zeros(SHAPE, np.uint8),
+                                  SPACING, SEARCH, "s")
+    assert examples.cubes.shape == (0, 1, 32, 32, 32) and len(examples.labels) == 0
+
+
+def test_training_goes_on_from_a_network_and_reports_the_veto(one_thread):
+    rng = np.random.default_rng(1)
+    cubes = rng.normal(0.0, 0.1, size=(32, 1, 32, 32, 32)).astype(np.float16)
+    labels = np.arange(32) % 2
+    cubes[labels == 1, :, 13:19, 13:19, 13:19] += np.float16(3.0)
+    examples = Examples(cubes, labels, np.where(labels == 1, 1.0 + np.arange(32), 0.0),
+                        np.array([f"s{i % 8}" for i in range(32)]))
+    components = Examples(cubes[:16], np.repeat(labels[:8], 2), np.repeat(np.where(labels[:8], 9.0, 0.0), 2),
+                          np.array([f"c{i // 2}" for i in range(16)]))
+    initial = FOCI_CARD.build()
+    network, report = train_classifier(examples, FOCI_CARD, epochs=1, components=components, component_repeats=3,
+                                       initial=initial)
+    assert network is initial
+    veto = report["history"][0]["veto_validation"]
+    assert veto["true"] + veto["false"] == 1  # one of the 8 component studies is held out
+    assert report["train_examples"] == 28 + 3 * 14  # 7 of 8 studies of each kind, components thrice
+
+
+def test_veto_examples_come_from_the_lesions_models_find_in_phantom_studies(tmp_path):
+    from test_pipeline import write_models
+    from BreastSegmentationLib.training.foci import network_lesion_studies
+    models = load_models(write_models(tmp_path / "models", 5.0, 5.0, min_lesion_mm3=0.0), "cpu")
+    (name, arrays), = network_lesion_studies(models, 4000, 1, shape=(64, 64, 12))
+    subtraction, breast, reference, probability, found, spacing = arrays
+    assert name == "phantom-4000" and len(spacing) == 3
+    assert all(a.shape == subtraction.shape for a in arrays[:5])
+    assert breast.any() and found.max() >= 1 and np.all(probability[found > 0] > 0.5)
+    examples = collect_component_examples([(name, arrays)], SEARCH)
+    assert len(examples.labels) == 2 * len(np.unique(found[found > 0]))
+    first = found == np.unique(found[found > 0])[0]
+    assert examples.labels[0] == int((reference[first] > 0).any())
+
+
+def test_the_command_goes_on_training_a_card_with_veto_examples(tmp_path, one_thread):
+    from BreastSegmentationLib.models.cards import load_model
+    from BreastSegmentationLib.training.foci import main, save_examples
+    rng = np.random.default_rng(2)
+    cubes = rng.normal(0.0, 0.1, size=(16, 1, 32, 32, 32)).astype(np.float16)
+    labels = np.arange(16) % 2
+    save_examples(Examples(cubes, labels, labels * 50.0, np.array([f"s{i % 8}" for i in range(16)])),
+                  tmp_path / "peaks.npz")
+    save_examples(Examples(cubes[:4], np.array([1, 1, 0, 0]), np.array([50.0, 50.0, 0.0, 0.0]),
+                           np.array(["c0", "c0", "c1", "c1"])), tmp_path / "veto.npz")
+    first = save_model(FOCI_CARD.build(), dataclasses.replace(FOCI_CARD, threshold=0.97), tmp_path / "first")
+    assert main(["--examples", str(tmp_path / "peaks.npz"), "--component-examples", str(tmp_path / "veto.npz"),
+                 "--component-repeats", "2", "--init", str(first), "--epochs", "1",
+                 "--out", str(tmp_path / "second")]) == 0
+    network, card = load_model(tmp_path / "second" / "foci_classifier.json")
+    initial, _ = load_model(first)
+    assert card.threshold == 0.97 and card.training["history"][0]["veto_validation"]["true"] + \
+        card.training["history"][0]["veto_validation"]["false"] == 1
+    assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), initial.state_dict().values()))

@@ -360,18 +360,24 @@ def lesion_veto_scores(candidates: Candidates, subtraction: np.ndarray, lesions:
     none of its 54 true ones.
     """
     box = candidates.box
-    labels, chance = lesions[box], probability[box]
-    found = [label for label, extent in enumerate(ndimage.find_objects(labels), start=1) if extent is not None]
+    found, centres = veto_centres(lesions[box], probability[box], candidates.score)
     if not found:
         return {}
+    sub = np.asarray(subtraction[box], dtype=np.float32)
+    cubes = patches(sub, centres, spacing_xyz, search, *subtraction_scale(sub, candidates.inside))
+    best = classify(networks, cubes, device).reshape(-1, 2).max(axis=1)
+    return {label: float(p) for label, p in zip(found, best)}
+
+
+def veto_centres(labels: np.ndarray, probability: np.ndarray, score: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """(labels present in ``labels``, their veto cubes' centres (2 per label, in order)): each label's voxel of
+    highest lesion ``probability`` and its voxel of highest blob ``score``."""
+    found = [label for label, extent in enumerate(ndimage.find_objects(labels), start=1) if extent is not None]
     centres = []
     for label in found:
         voxels = np.argwhere(labels == label)
-        centres += [voxels[np.argmax(chance[tuple(voxels.T)])], voxels[np.argmax(candidates.score[tuple(voxels.T)])]]
-    sub = np.asarray(subtraction[box], dtype=np.float32)
-    cubes = patches(sub, np.array(centres), spacing_xyz, search, *subtraction_scale(sub, candidates.inside))
-    best = classify(networks, cubes, device).reshape(-1, 2).max(axis=1)
-    return {label: float(p) for label, p in zip(found, best)}
+        centres += [voxels[np.argmax(probability[tuple(voxels.T)])], voxels[np.argmax(score[tuple(voxels.T)])]]
+    return found, np.array(centres, dtype=int).reshape(-1, 3)
 
 
 def lps_arrays(*images: sitk.Image) -> list[np.ndarray]:

@@ -1,11 +1,15 @@
 """Training the 3-D focus classifier of :mod:`..inference.foci` on phantom studies.
 
     python -m BreastSegmentationLib.training.foci --cases DIR [DIR ...] [--phantom SEED COUNT] [--seed S] --save EX.npz
-    python -m BreastSegmentationLib.training.foci --examples EX.npz [EX2.npz ...] --out DIR [--epochs 16]
+    python -m BreastSegmentationLib.training.foci --components MODELS [--phantom-seeds 4000 120] --save VETO.npz
+    python -m BreastSegmentationLib.training.foci --examples EX.npz [EX2.npz ...] [--component-examples VETO.npz]
+                                                  [--component-repeats N] [--init CARD] --out DIR [--epochs 16]
 
 The first collects examples (cubes around blob peaks, labelled) from case folders and drawn phantom studies; the
-second trains the classifier on saved examples and writes its model card and weights. Both take a long while, so
-they are separate steps, and several collections can run side by side.
+second collects the veto's examples: the lesions a model folder's lesion network finds in phantom studies, two cubes
+each, true when they touch a reference lesion; the third trains the classifier on saved examples (or goes on
+training a card's) and writes its model card and weights. Each takes a long while, so they are separate steps, and
+several collections can run side by side.
 
 Examples: every blob peak of a study (:func:`~..inference.foci.candidate_peaks`, with a lower score floor than
 inference uses, so that the classifier also sees the fainter blobs) is a positive when it lies on or next to a
@@ -25,7 +29,7 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,9 +39,27 @@ import torch
 from scipy import ndimage
 
 from ..data.phantom import PhantomConfig, case_seed, generate_case
-from ..inference.foci import FocusSearch, blob_score, candidate_peaks, classify, patches, subtraction_scale
+from ..inference.foci import (
+    FocusSearch,
+    blob_score,
+    breast_box,
+    candidate_peaks,
+    classify,
+    lps_arrays,
+    patches,
+    search_margin_mm,
+    subtraction_scale,
+    veto_centres,
+)
+from ..inference.pipeline import (
+    ModelSet,
+    SegmentationOptions,
+    load_models,
+    segment_images,
+)
+from ..io.images import as_float32, reorient
 from ..io.outputs import atomic_output_file
-from ..models.cards import ModelCard, save_model
+from ..models.cards import ModelCard, load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +84,11 @@ class Examples:
     def concatenate(cls, parts: list[Examples]) -> Examples:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("cubes", "labels", "lesion_mm3",
                                                                                 "studies")))
+
+    @classmethod
+    def empty(cls, patch_voxels: int) -> Examples:
+        return cls(np.zeros((0, 1) + (patch_voxels,) * 3, np.float16), np.zeros(0, np.int64), np.zeros(0),
+                   np.array([], dtype=str))
 
     def subset(self, keep: np.ndarray) -> Examples:
         return Examples(self.cubes[keep], self.labels[keep], self.lesion_mm3[keep], self.studies[keep])
@@ -96,6 +123,26 @@ def study_examples(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndar
     return Examples(cubes.astype(np.float16), labels[chosen], lesion_mm3[chosen], np.full(len(chosen), study))
 
 
+def component_examples(subtraction: np.ndarray, breast: np.ndarray, reference: np.ndarray, probability: np.ndarray,
+                       found: np.ndarray, spacing_xyz: tuple[float, ...], search: FocusSearch,
+                       study: str) -> Examples:
+    """The veto's examples of one study: the two cubes of each lesion the lesion network ``found`` (a label map)
+    where :func:`~..inference.foci.lesion_veto_scores` centres them, positive when the lesion touches a
+    ``reference`` lesion. Blob peaks alone teach the classifier too few of the network's own false positives
+    (enhancing gland and vessels that it outlines slice by slice)."""
+    score = blob_score(subtraction, breast, spacing_xyz, search)
+    labels, centres = veto_centres(found, probability, score)
+    if not labels:
+        return Examples.empty(search.patch_voxels)
+    reference_labels, _ = ndimage.label(reference > 0, np.ones((3, 3, 3), bool))
+    volumes = np.bincount(reference_labels.ravel()) * float(np.prod(spacing_xyz))
+    touched = [np.unique(reference_labels[found == label]) for label in labels]
+    lesion_mm3 = np.repeat([float(volumes[t[t > 0]].max(initial=0.0)) for t in touched], 2)
+    cubes = patches(subtraction, centres, spacing_xyz, search, *subtraction_scale(subtraction, breast))
+    return Examples(cubes.astype(np.float16), (lesion_mm3 > 0).astype(np.int64), lesion_mm3,
+                    np.full(len(centres), study))
+
+
 def folder_study(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, ...]]:
     """(subtraction, breast, lesions, spacing) of a case folder."""
     def array(name: str) -> np.ndarray:
@@ -113,6 +160,34 @@ def phantom_studies(seed: int, count: int, config: PhantomConfig = FOCI_PHANTOM)
         yield f"phantom-{seed}-{index}", (sitk.GetArrayFromImage(case.posts[0]).astype(np.float32) - pre,
                                           sitk.GetArrayFromImage(case.breast) > 0,
                                           sitk.GetArrayFromImage(case.lesions), case.pre.GetSpacing())
+
+
+def network_lesion_studies(models: ModelSet, first_seed: int, count: int,
+                           shape: Sequence[int] | None = None) -> Iterator[tuple[str, tuple]]:
+    """(name, (subtraction, breast, reference, lesion probability, network lesions, spacing)) of the phantom
+    studies of seeds ``first_seed`` .. ``first_seed + count - 1`` (default settings; ``shape`` for tests), segmented
+    by ``models`` without foci, as (z, y, x) arrays in LPS order (as :func:`..inference.pipeline.add_foci` searches
+    them)."""
+    for seed in range(first_seed, first_seed + count):
+        case = generate_case(seed, shape=shape)
+        result = segment_images(case.pre, case.posts[0], models, SegmentationOptions(foci=False))
+        pre, post, breast, reference, probability, found = lps_arrays(
+            as_float32(case.pre), result.post_aligned, result.breast, case.lesions, result.probability, result.lesions)
+        yield f"phantom-{seed}", (post - pre, breast > 0, reference, probability, found,
+                                  reorient(case.pre, "LPS").GetSpacing())
+
+
+def collect_component_examples(studies: Iterable[tuple[str, tuple]], search: FocusSearch) -> Examples:
+    """The veto's examples (:func:`component_examples`) of every study, on the breast's box."""
+    parts = []
+    for name, (subtraction, breast, reference, probability, found, spacing) in studies:
+        if not breast.any():
+            continue
+        box = breast_box(breast, spacing, search_margin_mm(search))
+        parts.append(component_examples(subtraction[box], breast[box], reference[box], probability[box], found[box],
+                                        spacing, search, name))
+        log.info("%s: %d network lesions, %d true", name, len(parts[-1].labels) // 2, parts[-1].labels.sum() // 2)
+    return Examples.concatenate(parts) if parts else Examples.empty(search.patch_voxels)
 
 
 def collect_examples(studies: Iterable[tuple[str, tuple]], search: FocusSearch, negatives: int = 80,
@@ -168,20 +243,51 @@ def validation_report(network: torch.nn.Module, examples: Examples) -> dict:
     return report
 
 
-def train_classifier(examples: Examples, card: ModelCard, epochs: int, seed: int = 0,
-                     batch_size: int = 64) -> tuple[torch.nn.Module, dict]:
-    """Train ``card``'s network on ``examples`` (an eighth of the studies held out); return it and the history."""
+def veto_report(network: torch.nn.Module, components: Examples) -> dict:
+    """Of the validation studies' network lesions (two cubes each, :func:`component_examples`): how many true and
+    false ones a veto at 0.3 and 0.5 would drop (both cubes below it)."""
+    if not len(components.labels):
+        return {}
+    best = classify([network.eval()], components.cubes.astype(np.float32),
+                    torch.device("cpu")).reshape(-1, 2).max(axis=1)
+    network.train()
+    true = components.labels[::2] == 1
+    report: dict = {"true": int(true.sum()), "false": int((~true).sum())}
+    for veto in (0.3, 0.5):
+        report[f"dropped_below_{veto}"] = {"true": int((best[true] < veto).sum()),
+                                           "false": int((best[~true] < veto).sum())}
+    return report
+
+
+def held_out_studies(studies: np.ndarray, rng: np.random.Generator) -> set:
+    """An eighth of the studies, for validation."""
+    unique = np.unique(studies)
+    return set(rng.choice(unique, size=max(1, len(unique) // 8), replace=False))
+
+
+def train_classifier(examples: Examples, card: ModelCard, epochs: int, seed: int = 0, batch_size: int = 64,
+                     components: Examples | None = None, component_repeats: int = 1,
+                     initial: torch.nn.Module | None = None,
+                     learning_rate: float = 2e-3) -> tuple[torch.nn.Module, dict]:
+    """Train ``card``'s network (or go on training ``initial``) on ``examples`` and ``components`` (each of these
+    seen ``component_repeats`` times per epoch), an eighth of the studies of each held out; return it and the
+    history."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     examples = capped_positives(examples, rng)
-    studies = np.unique(examples.studies)
-    held_out = set(rng.choice(studies, size=max(1, len(studies) // 8), replace=False))
+    held_out = held_out_studies(examples.studies, rng)
     validation = np.array([s in held_out for s in examples.studies])
     train, val = examples.subset(~validation), examples.subset(validation)
-    network = card.build()
-    optimiser = torch.optim.AdamW(network.parameters(), 1e-3, weight_decay=1e-4)
+    components = components if components is not None else Examples.empty(examples.cubes.shape[-1])
+    held_out_components = held_out_studies(components.studies, rng) if len(components.labels) else set()
+    component_validation = np.array([s in held_out_components for s in components.studies], dtype=bool)
+    val_components = components.subset(component_validation)
+    train = Examples.concatenate([train] + [components.subset(~component_validation)] * component_repeats)
+    network = initial if initial is not None else card.build()
+    network.train()
+    optimiser = torch.optim.AdamW(network.parameters(), learning_rate / 2, weight_decay=1e-4)
     steps = epochs * (len(train.labels) // batch_size + 1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 2e-3, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps)
     cubes, labels = torch.from_numpy(train.cubes), torch.from_numpy(train.labels).float()
     # The positives' weight: the square root of the class ratio, between balancing the classes and not.
     pos_weight = torch.tensor(float(((labels == 0).sum() / max(float((labels == 1).sum()), 1.0)) ** 0.5))
@@ -198,10 +304,11 @@ def train_classifier(examples: Examples, card: ModelCard, epochs: int, seed: int
             total += float(loss.detach()) * len(batch)
         history.append({"epoch": epoch + 1, "train_loss": round(total / len(labels), 4),
                         "seconds": round(time.perf_counter() - started, 1),
-                        "validation": validation_report(network, val)})
+                        "validation": validation_report(network, val),
+                        "veto_validation": veto_report(network, val_components)})
         log.info("%s", history[-1])
     return network.eval(), {"history": history, "train_examples": len(train.labels),
-                            "validation_studies": sorted(str(s) for s in held_out)}
+                            "validation_studies": sorted(str(s) for s in held_out | held_out_components)}
 
 
 FOCI_CARD = ModelCard(
@@ -237,22 +344,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phantom", type=int, nargs=2, metavar=("SEED", "COUNT"),
                         help="also draw COUNT phantom studies with mostly small lesions from SEED")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negatives drawn (default 0)")
+    parser.add_argument("--components", metavar="MODELS",
+                        help="collect the veto's examples instead: the lesions MODELS (a model folder) find in the "
+                             "phantom studies of --phantom-seeds")
+    parser.add_argument("--phantom-seeds", type=int, nargs=2, metavar=("FIRST", "COUNT"), default=(4000, 120),
+                        help="with --components: phantom seeds FIRST .. FIRST+COUNT-1 (default 4000 120)")
     parser.add_argument("--save", help="collect: write the examples here (.npz)")
     parser.add_argument("--examples", nargs="+", help="train: saved examples files")
+    parser.add_argument("--component-examples", nargs="*", default=[],
+                        help="train: saved veto examples files (--components)")
+    parser.add_argument("--component-repeats", type=int, default=1,
+                        help="train: times each veto example is seen per epoch (default 1)")
+    parser.add_argument("--init", help="train: go on training the classifier of this card instead of a new one")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--out", help="train: folder for the card and weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    search = FocusSearch.from_dict(FOCI_CARD.preprocessing)
+    if args.save and args.components:
+        studies = network_lesion_studies(load_models(args.components, "cpu"), *args.phantom_seeds)
+        save_examples(collect_component_examples(studies, search), args.save)
+        return 0
     if args.save:
-        search = FocusSearch.from_dict(FOCI_CARD.preprocessing)
         studies = ((str(f), folder_study(f)) for f in case_folders(args.cases))
         generated = phantom_studies(*args.phantom) if args.phantom else iter(())
         save_examples(collect_examples(itertools.chain(studies, generated), search, seed=args.seed), args.save)
         return 0
-    if not (args.examples and args.out):
-        parser.error("give --save to collect examples, or --examples and --out to train")
-    network, report = train_classifier(load_examples(args.examples), FOCI_CARD, args.epochs)
-    print(save_model(network, replace(FOCI_CARD, training={"epochs": args.epochs, **report}), args.out))
+    if args.components or not (args.examples and args.out):
+        parser.error("give --save to collect examples (with --components: the veto's), or --examples and --out to "
+                     "train")
+    card, initial = FOCI_CARD, None
+    if args.init:
+        initial, card = load_model(args.init)
+    components = load_examples(args.component_examples) if args.component_examples else None
+    network, report = train_classifier(load_examples(args.examples), card, args.epochs, components=components,
+                                       component_repeats=args.component_repeats, initial=initial,
+                                       learning_rate=args.learning_rate)
+    print(save_model(network, replace(card, training={"epochs": args.epochs, **report}), args.out))
     return 0
 
 
