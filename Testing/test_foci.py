@@ -488,3 +488,21 @@ def test_the_command_goes_on_training_a_card_with_veto_examples(tmp_path, one_th
     assert card.threshold == 0.97 and card.training["history"][0]["veto_validation"]["true"] + \
         card.training["history"][0]["veto_validation"]["false"] == 1
     assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), initial.state_dict().values()))
+
+
+def test_the_veto_reads_the_probability_resampled_at_the_lesions(rng):
+    from BreastSegmentationLib.inference.pipeline import probability_at_lesions
+    from BreastSegmentationLib.io.images import resample_like
+    reference = sitk.GetImageFromArray(np.zeros(SHAPE, np.float32))
+    reference.SetSpacing(SPACING)
+    probability = sitk.GetImageFromArray(rng.random((12, 30, 30)).astype(np.float32))
+    probability.SetSpacing((1.0, 1.0, 1.5))
+    probability.SetOrigin((3.0, 4.0, 2.0))
+    lesions = np.zeros(SHAPE, np.uint8)
+    lesions[6:9, 10:14, 12:20] = 1
+    lesion_image = sitk.GetImageFromArray(lesions)
+    lesion_image.CopyInformation(reference)
+    near = sitk.GetArrayFromImage(probability_at_lesions(probability, reference, lesion_image))
+    whole = sitk.GetArrayFromImage(resample_like(probability, reference))
+    assert np.allclose(near[lesions > 0], whole[lesions > 0], atol=1e-6) and whole[lesions > 0].any()
+    assert not near[:, :, 21:].any()

@@ -373,11 +373,14 @@ def lesion_veto_scores(candidates: Candidates, subtraction: np.ndarray, lesions:
 def veto_centres(labels: np.ndarray, probability: np.ndarray, score: np.ndarray) -> tuple[list[int], np.ndarray]:
     """(labels present in ``labels``, their veto cubes' centres (2 per label, in order)): each label's voxel of
     highest lesion ``probability`` and its voxel of highest blob ``score``."""
-    found = [label for label, extent in enumerate(ndimage.find_objects(labels), start=1) if extent is not None]
-    centres = []
-    for label in found:
-        voxels = np.argwhere(labels == label)
-        centres += [voxels[np.argmax(probability[tuple(voxels.T)])], voxels[np.argmax(score[tuple(voxels.T)])]]
+    found, centres = [], []
+    for label, extent in enumerate(ndimage.find_objects(labels), start=1):
+        if extent is None:
+            continue
+        inside = labels[extent] == label  # each label is looked for in its own box only
+        voxels = np.argwhere(inside) + np.array([e.start for e in extent])
+        found.append(label)
+        centres += [voxels[np.argmax(probability[extent][inside])], voxels[np.argmax(score[extent][inside])]]
     return found, np.array(centres, dtype=int).reshape(-1, 3)
 
 
