@@ -294,6 +294,28 @@ def test_add_foci_reads_the_breasts_block_of_a_flipped_grid(study):
     assert search_region(images[3], SEARCH) is None  # no breast: nothing to read
 
 
+def test_add_foci_keeps_a_lesion_beyond_the_breasts_search_block(study):
+    """The lesion map is rebuilt on the block the search reads, which must then hold every lesion."""
+    subtraction, breast, _ = study
+    padding = ((0, 0), (0, 0), (0, 40))
+    far = np.zeros((SHAPE[0], SHAPE[1], SHAPE[2] + 40), np.uint16)
+    far[10:14, 20:40, 96:100] = 1  # 26 mm beyond the breast: outside the block the breast alone asks for
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8)):
+        image = sitk.GetImageFromArray(np.pad(array, padding))
+        image.SetSpacing(SPACING)
+        images.append(image)
+    lesions = sitk.GetImageFromArray(far)
+    lesions.CopyInformation(images[0])
+    from BreastSegmentationLib.inference.foci import search_region
+    assert search_region(images[2], SEARCH)[0][0] < 96 <= search_region(images[2], SEARCH, lesions)[0][0]
+    loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()
+    labelled, added, _ = add_foci(*images, lesions, loaded, torch.device("cpu"), min_volume_mm3=10.0)
+    array = sitk.GetArrayFromImage(labelled)
+    assert added and array[BALL_CENTRE] > 0 and (array[10:14, 20:40, 96:100] > 0).all()
+    assert labelled.GetSize() == lesions.GetSize() and labelled.GetOrigin() == lesions.GetOrigin()
+
+
 def test_add_foci_finds_the_same_foci_on_a_grid_with_permuted_axes(study):
     """A sagittal-like grid: the index axes are the axial grid's in another order, spacing included."""
     subtraction, breast, _ = study

@@ -17,8 +17,14 @@ import torch
 
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.errors import InputError
-from BreastSegmentationLib.inference.pipeline import load_models, segment_images
+from BreastSegmentationLib.inference.pipeline import (
+    load_models,
+    rounded_probability,
+    rounded_probability_on,
+    segment_images,
+)
 from BreastSegmentationLib.inference.study import OUTPUT_FILES, segment_study, study_from_files
+from BreastSegmentationLib.io.images import resample_like
 from BreastSegmentationLib.models.cards import ModelCard, save_model
 from BreastSegmentationLib.models.registry import build_model
 from BreastSegmentationLib import resources
@@ -87,6 +93,23 @@ def test_segmentation_lies_on_the_pre_grid_and_lesions_stay_in_the_breast(tmp_pa
     steps = probability / 1e-3  # probabilities are kept to 0.001, which lets the file compress
     assert np.allclose(steps, np.round(steps), atol=1e-3) and probability.dtype == np.float32
     assert set(result.seconds) >= {"breast", "lesions"}
+
+
+def test_probability_on_the_study_grid_equals_resampling_it_whole_then_rounding(rng, oblique_image):
+    """Only the box of the voxels that may round above 0 is interpolated: the result must not differ anywhere."""
+    crop = np.full((7, 12, 14), 2e-4, dtype=np.float32)  # the network's near-zero background: it rounds to 0
+    crop[2:4, 3:6, 4:6] = rng.uniform(0.2, 1.0, size=(2, 3, 2))
+    crop[5, 9, 11] = 6e-4  # a lone value that rounds to 0.001
+    probability = sitk.GetImageFromArray(crop)
+    probability.SetSpacing((0.9, 0.6, 1.5))
+    probability.SetOrigin(oblique_image.TransformIndexToPhysicalPoint((1, 1, 1)))
+    probability.SetDirection(oblique_image.GetDirection())
+    expected = sitk.GetArrayFromImage(rounded_probability(resample_like(probability, oblique_image)))
+    result = rounded_probability_on(probability, oblique_image)
+    assert result.GetSize() == oblique_image.GetSize() and result.GetOrigin() == oblique_image.GetOrigin()
+    assert expected.max() > 0.2 and np.array_equal(sitk.GetArrayFromImage(result), expected)
+    background = rounded_probability_on(sitk.Cast(probability * 0.0, sitk.sitkFloat32), oblique_image)
+    assert background.GetSpacing() == oblique_image.GetSpacing() and not sitk.GetArrayFromImage(background).any()
 
 
 @pytest.mark.parametrize("inputs", [("pre", "post", "subtraction@-1", "subtraction", "subtraction@+1"),

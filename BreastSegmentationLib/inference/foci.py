@@ -323,10 +323,12 @@ def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, 
                       vetoed)
 
 
-def search_region(breast: sitk.Image, search: FocusSearch) -> tuple[list[int], list[int]] | None:
+def search_region(breast: sitk.Image, search: FocusSearch,
+                  lesions: sitk.Image | None = None) -> tuple[list[int], list[int]] | None:
     """(size, index) of the block of ``breast``'s grid that the search reads: the breast's bounding box grown by
-    :func:`search_margin_mm` (as :func:`breast_box` grows it), for ``sitk.RegionOfInterest``; None without breast.
-    Cutting the study's volumes to it first spares copying and subtracting them whole."""
+    :func:`search_margin_mm` (as :func:`breast_box` grows it), and every voxel of ``lesions`` (same grid), for
+    ``sitk.RegionOfInterest``; None without breast. Cutting the study's volumes to it first spares copying and
+    subtracting them whole, and the lesion map can be rebuilt on it alone."""
     mask = sitk.GetArrayViewFromImage(breast)
     if not mask.any():
         return None
@@ -334,6 +336,11 @@ def search_region(breast: sitk.Image, search: FocusSearch) -> tuple[list[int], l
     box = bounding_box(mask)[::-1]  # (x, y, z), the image's index order
     start = [max(b.start - m, 0) for b, m in zip(box, margin)]
     stop = [min(b.stop + m, n) for b, m, n in zip(box, margin, breast.GetSize())]
+    labels = None if lesions is None else sitk.GetArrayViewFromImage(lesions)
+    if labels is not None and labels.any():
+        lesion_box = bounding_box(labels)[::-1]
+        start = [min(a, b.start) for a, b in zip(start, lesion_box)]
+        stop = [max(a, b.stop) for a, b in zip(stop, lesion_box)]
     return [b - a for a, b in zip(start, stop)], start
 
 

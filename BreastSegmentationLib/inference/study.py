@@ -89,8 +89,9 @@ def segment_study(study: StudyInput, out_dir: str | Path, models: ModelSet,
     with EnergyMeter(carbon or CarbonSettings()) as meter:
         result = segment_images(study.pre, study.post, models, options, progress)
     progress.update("report", 0.0)
-    # The volumes are compressed and written in threads (ITK's writer and resampling leave Python's GIL), the
-    # probability put onto the study's grid there too, while the lesion table is measured and the figure drawn.
+    # The volumes are compressed and written in threads (ITK's writer leaves Python's GIL; the probability is the one
+    # the pipeline put onto the study's grid in the background), while the lesion table is measured and the figure
+    # drawn.
     with atomic_output_dir(out_dir) as staging, ThreadPoolExecutor(max_workers=3) as pool:
         volumes = [pool.submit(write_image, result.breast, staging / "breast.nii.gz"),
                    pool.submit(write_image, result.lesions, staging / "lesions.nii.gz"),

@@ -107,24 +107,45 @@ def resample_like(image: sitk.Image, reference: sitk.Image, is_mask: bool = Fals
     ``reference``'s grid that ``image`` covers is interpolated and the rest filled with 0, so putting a crop back
     onto a whole study's grid costs the crop's share of the voxels, not the study's.
     """
+    block, start = resampled_block(image, reference, is_mask)
+    if np.array_equal(block.GetSize(), reference.GetSize()):
+        return block
+    return paste_into_empty(block, start, reference)
+
+
+def resampled_block(image: sitk.Image, reference: sitk.Image, is_mask: bool = False) -> tuple[sitk.Image, list[int]]:
+    """``image`` resampled as :func:`resample_like` does, on the block of ``reference``'s grid that it covers only
+    (possibly empty), and the block's (x, y, z) start index in ``reference``: for callers that change the block's
+    values before :func:`paste_into_empty` puts it on the whole grid."""
     if is_mask:
         interpolator, pixel_type = sitk.sitkNearestNeighbor, image.GetPixelID()
     else:
         interpolator = sitk.sitkLinear
         pixel_type = sitk.sitkFloat64 if image.GetPixelID() == sitk.sitkFloat64 else sitk.sitkFloat32
     start, stop = _covered_block(image, reference)
-    if np.array_equal(stop - start, reference.GetSize()):
-        return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, pixel_type)
-    full = sitk.Image(reference.GetSize(), pixel_type)
-    full.CopyInformation(reference)
-    if np.any(stop <= start):
-        return full
-    block_reference = sitk.Image([int(v) for v in stop - start], sitk.sitkUInt8)
+    block_reference = sitk.Image([int(v) for v in np.maximum(stop - start, 0)], sitk.sitkUInt8)
     block_reference.SetSpacing(reference.GetSpacing())
     block_reference.SetDirection(reference.GetDirection())
     block_reference.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in start]))
-    block = sitk.Resample(image, block_reference, sitk.Transform(), interpolator, 0.0, pixel_type)
-    return sitk.Paste(full, block, block.GetSize(), [0, 0, 0], [int(v) for v in start])
+    if np.any(stop <= start):
+        return sitk.Cast(block_reference, pixel_type), [int(v) for v in start]
+    return (sitk.Resample(image, block_reference, sitk.Transform(), interpolator, 0.0, pixel_type),
+            [int(v) for v in start])
+
+
+def empty_like(reference: sitk.Image, pixel_type: int) -> sitk.Image:
+    """An image of ``reference``'s grid and ``pixel_type``, 0 everywhere."""
+    empty = sitk.Image(reference.GetSize(), pixel_type)
+    empty.CopyInformation(reference)
+    return empty
+
+
+def paste_into_empty(block: sitk.Image, start: list[int], reference: sitk.Image) -> sitk.Image:
+    """An image of ``reference``'s grid and ``block``'s pixel type, 0 but for ``block`` placed at index ``start``."""
+    full = empty_like(reference, block.GetPixelID())
+    if 0 in block.GetSize():
+        return full
+    return sitk.Paste(full, block, block.GetSize(), [0, 0, 0], start)
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
