@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..data.preprocessing import fill_holes_per_slice
-from ..io.images import cut_to_mask, resample_like
+from ..io.images import cut_to_mask, paste_into_empty, resample_like, resampled_block
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ def breast_mask_on(probability: sitk.Image, threshold: float, reference: sitk.Im
     if not kept.any():
         return sitk.Cast(resample_like(cleaned, reference) > threshold, sitk.sitkUInt8)
     # Interpolation reaches one voxel: beyond that from the kept voxels every value stays at or below the threshold,
-    # so only that block is interpolated (resample_like fills the rest with 0).
-    return sitk.Cast(resample_like(cut_to_mask(cleaned, kept, margin=1), reference) > threshold, sitk.sitkUInt8)
+    # so only that block is interpolated and thresholded, and the rest of the grid is 0.
+    block, start = resampled_block(cut_to_mask(cleaned, kept, margin=1), reference)
+    return paste_into_empty(sitk.Cast(block > threshold, sitk.sitkUInt8), start, reference)
 
 
 def _fill_holes_per_slice(mask: sitk.Image) -> sitk.Image:
