@@ -123,14 +123,14 @@ def resampled_block(image: sitk.Image, reference: sitk.Image, is_mask: bool = Fa
         interpolator = sitk.sitkLinear
         pixel_type = sitk.sitkFloat64 if image.GetPixelID() == sitk.sitkFloat64 else sitk.sitkFloat32
     start, stop = _covered_block(image, reference)
+    index = [int(v) for v in start]
     block_reference = sitk.Image([int(v) for v in np.maximum(stop - start, 0)], sitk.sitkUInt8)
     block_reference.SetSpacing(reference.GetSpacing())
     block_reference.SetDirection(reference.GetDirection())
-    block_reference.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in start]))
+    block_reference.SetOrigin(reference.TransformIndexToPhysicalPoint(index))
     if np.any(stop <= start):
-        return sitk.Cast(block_reference, pixel_type), [int(v) for v in start]
-    return (sitk.Resample(image, block_reference, sitk.Transform(), interpolator, 0.0, pixel_type),
-            [int(v) for v in start])
+        return sitk.Cast(block_reference, pixel_type), index
+    return sitk.Resample(image, block_reference, sitk.Transform(), interpolator, 0.0, pixel_type), index
 
 
 def empty_like(reference: sitk.Image, pixel_type: int) -> sitk.Image:
