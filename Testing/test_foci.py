@@ -388,6 +388,28 @@ def test_add_foci_removes_vetoed_lesions_and_counts_their_cubes(study):
     assert network_input[0] == without_probability[2][0] + 2  # the ball's two cubes
 
 
+def test_lesions_larger_than_the_veto_limit_are_not_judged_and_stay(study):
+    subtraction, breast, ball = study
+    lesions = ball.astype(np.uint16)
+    lesions[4:20, 44:60, 28:44] = 2  # a mass of 16 x 16 x 16 voxels (5243 mm3) that fills most of the cube
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), lesions,
+                  (lesions > 0).astype(np.float32)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        images.append(image)
+    voxel_mm3 = float(np.prod(SPACING))
+    assert ball.sum() * voxel_mm3 < 1000.0 < (lesions == 2).sum() * voxel_mm3
+    card = dataclasses.replace(FOCI_CARD, preprocessing={**FOCI_CARD.preprocessing, "veto_below": 0.5,
+                                                         "veto_max_mm3": 1000.0})
+    loaded = type("Loaded", (), {"networks": [tiny_classifier(-10.0)], "card": card})()
+    labelled, _, network_input = add_foci(*images[:4], loaded, torch.device("cpu"), 10.0, images[4])
+    kept = sitk.GetArrayFromImage(labelled)
+    assert (kept > 0).sum() == (lesions == 2).sum() and (kept[lesions == 2] == 1).all()  # the ball was vetoed
+    without_limit = add_foci(*images[:4], loaded, torch.device("cpu"), 10.0)
+    assert network_input[0] == without_limit[2][0] + 2  # the ball's two cubes only
+
+
 def test_the_pipeline_runs_the_foci_classifier_unless_told_not_to(tmp_path, rng):
     from test_pipeline import study_images, write_models
     from BreastSegmentationLib.inference.pipeline import SegmentationOptions, segment_images
