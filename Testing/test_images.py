@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from pathlib import Path
 
@@ -155,6 +156,26 @@ def test_truncated_file_is_refused(tmp_path: Path, oblique_image: sitk.Image, na
     with pytest.raises(InputError, match="truncated") as raised:
         read_image(path)
     assert str(path) in str(raised.value)
+
+
+def test_cut_gzip_stream_is_refused(tmp_path: Path, oblique_image: sitk.Image):
+    path = write_image(oblique_image, tmp_path / "cut.nii.gz")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated") as raised:
+        read_image(path)
+    assert str(path) in str(raised.value)
+
+
+def test_nifti_of_several_gzip_members_reads_whole(tmp_path: Path, oblique_image: sitk.Image):
+    """Block-compressed files (bgzip's, for one) are several gzip members one after the other."""
+    plain = write_image(oblique_image, tmp_path / "plain.nii", compress=False).read_bytes()
+    half = len(plain) // 2
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(plain[:half]) + gzip.compress(plain[half:]))
+    image = read_image(path)
+    assert sitk.GetArrayFromImage(image).tolist() == sitk.GetArrayFromImage(oblique_image).tolist()
+    assert image.GetDirection() == pytest.approx(oblique_image.GetDirection())
 
 
 def test_text_file_named_nii_is_refused(tmp_path: Path):
