@@ -10,6 +10,7 @@ from BreastSegmentationLib.inference.postprocess import (
     breast_mask_on,
     clean_breast_mask,
     clean_lesion_mask,
+    without_labels,
 )
 from BreastSegmentationLib.io.images import resample_like
 
@@ -104,3 +105,17 @@ def test_lesion_cleaning_keeps_only_candidates_whose_probability_peaks_above_the
     without_peak_rule = clean_lesion_mask(candidates, as_image(breast), LesionCleaning(min_volume_mm3=1.0),
                                           probability=image)
     assert sitk.GetArrayFromImage(without_peak_rule).max() == 2
+
+
+def test_dropping_labels_renumbers_the_rest_in_their_order():
+    labels = np.zeros((4, 8, 8), np.uint16)
+    for label in range(1, 5):
+        labels[label - 1, :label + 1, :] = label  # label 1 has 2 rows, 4 has 5: any order is kept as it is
+    image = as_image(labels)
+    result = without_labels(image, [2, 4], 4)
+    assert result.GetPixelID() == image.GetPixelID() and result.GetSpacing() == image.GetSpacing()
+    kept = sitk.GetArrayFromImage(result)
+    np.testing.assert_array_equal(kept[labels == 1], 1)
+    np.testing.assert_array_equal(kept[labels == 3], 2)
+    assert not kept[(labels == 2) | (labels == 4)].any() and not kept[labels == 0].any()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(without_labels(image, [], 4)), labels)

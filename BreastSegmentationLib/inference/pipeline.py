@@ -54,7 +54,7 @@ from ..models.registry import ARCHITECTURES
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
 from .foci import FocusSearch, added_foci_rows, find_foci, lps_arrays, mask_like, search_region
-from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size
+from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size, without_labels
 from .runtime import describe_device, predict_slices, resolve_device
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,11 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
                      model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a)
     if not foci.mask.any() and not foci.vetoed:
         return lesions, [], foci.network_input
-    # Every lesion lies in the block (search_region), so the map is rebuilt there and put back on the whole grid.
-    kept = sitk.ChangeLabel(crops[3], changeMap={label: 0 for label in foci.vetoed}) if foci.vetoed else crops[3]
-    relabelled = label_by_size(sitk.Or(sitk.Cast(kept > 0, sitk.sitkUInt8), mask_like(foci.mask, crops[0])))
+    # Every lesion lies in the block (search_region), so the map is rebuilt there and put back on the whole grid:
+    # with foci added, labelled again by size; with lesions vetoed only, the others keep their order.
+    if foci.mask.any():
+        kept = sitk.ChangeLabel(crops[3], changeMap={label: 0 for label in foci.vetoed}) if foci.vetoed else crops[3]
+        relabelled = label_by_size(sitk.Or(sitk.Cast(kept > 0, sitk.sitkUInt8), mask_like(foci.mask, crops[0])))
+    else:
+        relabelled = without_labels(crops[3], foci.vetoed, int(lesion_a.max()))
     return paste_into_empty(relabelled, region[1], lesions), added_foci_rows(foci, lps_grid), foci.network_input

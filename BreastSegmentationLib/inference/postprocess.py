@@ -8,6 +8,7 @@ never reaches a higher peak level are dropped, the rest labelled 1..N by decreas
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,15 @@ def _components_by_size(mask: sitk.Image) -> tuple[sitk.Image, sitk.LabelShapeSt
 def label_by_size(mask: sitk.Image) -> sitk.Image:
     """The 26-connected components of a mask labelled 1..N by decreasing size, as UInt16 like lesion maps."""
     return sitk.Cast(_components_by_size(sitk.Cast(mask > 0, sitk.sitkUInt8))[0], sitk.sitkUInt16)
+
+
+def without_labels(labels: sitk.Image, dropped: Collection[int], count: int) -> sitk.Image:
+    """A label map of labels 1..``count`` with the ``dropped`` ones set to 0 and the rest renumbered 1..N in their
+    order (so a map labelled by decreasing size stays so), without labelling components again."""
+    kept = [label for label in range(1, count + 1) if label not in dropped]
+    renumbered = {label: new for new, label in enumerate(kept, start=1)}
+    return sitk.ChangeLabel(labels, changeMap={label: renumbered.get(label, 0) for label in range(1, count + 1)
+                                               if renumbered.get(label, 0) != label})
 
 
 def clean_breast_mask(mask: sitk.Image, keep_fraction: float = 0.1, max_components: int = 2) -> sitk.Image:
