@@ -12,6 +12,8 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from accuracy import lesion_scores, summarise_lesions  # noqa: E402
 from false_positives import false_positive_rows, tally  # noqa: E402
+from missed_lesions import reference_rows  # noqa: E402
+from missed_lesions import tally as tally_missed  # noqa: E402
 
 from BreastSegmentationLib.data.phantom_anatomy import Tissue  # noqa: E402
 
@@ -60,6 +62,22 @@ def test_false_positives_are_named_by_the_tissue_under_most_of_them():
     assert by_tissue == [{"tissue": "lymph_node", "false_positives": 1}]
     assert by_bpe == [{"bpe": "marked", "studies": 1, "false_positives": 0, "per_study": 0.0},
                       {"bpe": "mild", "studies": 2, "false_positives": 1, "per_study": 0.5}]
+
+
+def test_missed_lesions_are_described_by_what_the_phantom_drew():
+    reference = mask_image([FOCUS, MASS, TINY])
+    probability = sitk.Cast(mask_image([MASS]), sitk.sitkFloat32) * 0.9
+    probability[6, 6, 3] = 0.3  # (x, y, z): inside the focus
+    drawn = [{"type": "irregular", "diameter_mm": 14.0, "conspicuity": 1.2, "centre_index": [25, 25, 12]},
+             {"type": "round", "diameter_mm": 4.0, "conspicuity": 0.4, "centre_index": [6, 6, 3]}]
+    rows = reference_rows(mask_image([MASS]), probability, reference, drawn)  # the tiny lesion is not listed
+    assert sorted(rows, key=lambda row: row["volume_mm3"]) == [
+        {"type": "round", "diameter_mm": 4.0, "conspicuity": 0.4, "volume_mm3": 64.0, "peak_probability": 0.3,
+         "found": False},
+        {"type": "irregular", "diameter_mm": 14.0, "conspicuity": 1.2, "volume_mm3": 2304.0, "peak_probability": 0.9,
+         "found": True}]
+    assert tally_missed(rows) == [{"type": "round", "size": "20-150 mm3", "lesions": 1, "missed": 1},
+                                  {"type": "irregular", "size": "over 150 mm3", "lesions": 1, "missed": 0}]
 
 
 @pytest.mark.parametrize("script", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),

@@ -1,0 +1,106 @@
+"""Which lesions a model set misses on phantom tuning studies (never on held-out ones), and what they are.
+
+    python benchmarks/missed_lesions.py [--models DIR] [--phantom-seeds 3000 48] [--out missed.json]
+
+The models segment each study at their cards' operating point. Every reference lesion of at least 20 mm3 is listed
+with what the phantom drew there (type, diameter, conspicuity: its enhancement above the gland's), its volume, the
+highest lesion probability inside it (below the lesion card's threshold the network did not see it; between the
+threshold and the peak rule it saw it and was unsure) and whether a predicted lesion touches it, with the study's
+background parenchymal enhancement (BPE) level and fat saturation. Then the lesions are counted by type and size
+(20-150 mm3 and larger) with how many of each were missed, so that the next change aims at what the models miss: the
+counterpart of false_positives.py. Prints; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from accuracy import SMALL_LESION_MM3  # benchmarks/ is on the path of a script run from it
+
+from BreastSegmentationLib.data.phantom import generate_case
+from BreastSegmentationLib.evaluation.lesions import label_lesions, match_lesion_labels
+from BreastSegmentationLib.inference.pipeline import load_models, segment_images
+from BreastSegmentationLib.inference.runtime import configure_cpu_memory
+from BreastSegmentationLib.reports.tables import markdown_table
+
+#: Reference lesions under this volume are counted in no detection share (benchmarks/accuracy.py).
+MIN_LESION_MM3 = 20.0
+
+
+def drawn_lesion(labels: np.ndarray, label: int, drawn: list[dict]) -> dict:
+    """The phantom's description (``case.info["lesions"]``) of the lesion whose centre lies in ``label`` of the
+    (z, y, x) reference labels; an empty one when no centre does (lesions drawn into one another)."""
+    for lesion in drawn:
+        x, y, z = lesion["centre_index"]
+        if labels[z, y, x] == label:
+            return lesion
+    return {}
+
+
+def reference_rows(lesions: sitk.Image, probability: sitk.Image, reference: sitk.Image,
+                   drawn: list[dict]) -> list[dict]:
+    """One row per reference lesion of at least :data:`MIN_LESION_MM3`: what was drawn, its volume (mm3), the
+    highest ``probability`` inside it and whether a lesion of ``lesions`` touches it."""
+    reference_labels = label_lesions(reference)
+    matching = match_lesion_labels(label_lesions(lesions > 0), reference_labels)
+    labels, probability_array = sitk.GetArrayViewFromImage(reference_labels), sitk.GetArrayViewFromImage(probability)
+    rows = []
+    for lesion in matching["lesions"]:
+        if lesion["source"] != "ref" or lesion["volume_mm3"] < MIN_LESION_MM3:
+            continue
+        described = drawn_lesion(labels, lesion["id"], drawn)
+        rows.append({"type": described.get("type", "unknown"), "diameter_mm": described.get("diameter_mm"),
+                     "conspicuity": described.get("conspicuity"), "volume_mm3": round(lesion["volume_mm3"], 1),
+                     "peak_probability": round(float(probability_array[labels == lesion["id"]].max()), 3),
+                     "found": lesion["status"] == "tp"})
+    return rows
+
+
+def size_class(volume_mm3: float) -> str:
+    return f"{MIN_LESION_MM3:g}-{SMALL_LESION_MM3:g} mm3" if volume_mm3 <= SMALL_LESION_MM3 else \
+        f"over {SMALL_LESION_MM3:g} mm3"
+
+
+def tally(rows: list[dict]) -> list[dict]:
+    """Lesions and misses by type and size class, the kinds missed most first."""
+    kinds = Counter((row["type"], size_class(row["volume_mm3"])) for row in rows)
+    missed = Counter((row["type"], size_class(row["volume_mm3"])) for row in rows if not row["found"])
+    return [{"type": kind, "size": size, "lesions": count, "missed": missed[(kind, size)]}
+            for (kind, size), count in sorted(kinds.items(), key=lambda item: (-missed[item[0]], item[0]))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", help="model folder (default: the bundled models)")
+    parser.add_argument("--phantom-seeds", type=int, nargs=2, default=(3000, 48), metavar=("FIRST", "COUNT"),
+                        help="tuning seeds (default 3000 48; 9000 and up are the held-out ones)")
+    parser.add_argument("--out", help="also write every lesion and the counts as JSON")
+    args = parser.parse_args(argv)
+    configure_cpu_memory()  # as the breastseg command does
+    models = load_models(args.models, "auto")
+    rows = []
+    first, count = args.phantom_seeds
+    for seed in range(first, first + count):
+        case = generate_case(seed)
+        result = segment_images(case.pre, case.posts[0], models)
+        found = reference_rows(result.lesions, result.probability, case.lesions, case.info["lesions"])
+        rows += [{"seed": seed, "bpe": case.info["bpe"]["level"], "fat_sat": case.info["fat_sat"], **row}
+                 for row in found]
+        print(f"seed {seed}: {sum(not row['found'] for row in found)} of {len(found)} lesions missed", flush=True)
+    missed = [row for row in rows if not row["found"]]
+    print(f"{len(missed)} of {len(rows)} lesions of {MIN_LESION_MM3:g} mm3 or more missed in {count} studies")
+    print(markdown_table(missed))
+    print(markdown_table(tally(rows)))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"lesions": rows, "by_kind": tally(rows)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
