@@ -11,7 +11,6 @@ that level), so that the next change aims at what a model takes for lesions. Pri
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -19,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tuning import segmented_studies, tuning_parser  # benchmarks/ is on the path of a script run from it
 
-from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.data.phantom_anatomy import Tissue
 from BreastSegmentationLib.evaluation.lesions import label_lesions, match_lesion_labels
-from BreastSegmentationLib.inference.pipeline import load_models, segment_images
-from BreastSegmentationLib.inference.runtime import configure_cpu_memory
 from BreastSegmentationLib.reports.tables import markdown_table
 
 
@@ -58,26 +55,17 @@ def tally(rows: list[dict], studies_by_bpe: Counter) -> tuple[list[dict], list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", help="model folder (default: the bundled models)")
-    parser.add_argument("--phantom-seeds", type=int, nargs=2, default=(3000, 48), metavar=("FIRST", "COUNT"),
-                        help="tuning seeds (default 3000 48; 9000 and up are the held-out ones)")
-    parser.add_argument("--out", help="also write every false positive and the counts as JSON")
+    parser = tuning_parser(__doc__.split("\n\n")[0], "also write every false positive and the counts as JSON")
     args = parser.parse_args(argv)
-    configure_cpu_memory()  # as the breastseg command does
-    models = load_models(args.models, "auto")
     rows, studies_by_bpe = [], Counter()
-    first, count = args.phantom_seeds
-    for seed in range(first, first + count):
-        case = generate_case(seed)
+    for seed, case, result in segmented_studies(args):
         bpe = case.info["bpe"]["level"]
         studies_by_bpe[bpe] += 1
-        result = segment_images(case.pre, case.posts[0], models)
         found = false_positive_rows(result.lesions, result.probability, case.lesions, case.tissue)
         rows += [{"seed": seed, "bpe": bpe, **row} for row in found]
         print(f"seed {seed} ({bpe} BPE): {len(found)} false positives", flush=True)
     by_tissue, by_bpe = tally(rows, studies_by_bpe)
-    print(f"{len(rows)} false positives in {count} studies")
+    print(f"{len(rows)} false positives in {args.phantom_seeds[1]} studies")
     print(markdown_table(by_tissue))
     print(markdown_table(by_bpe))
     if args.out:

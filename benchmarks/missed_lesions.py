@@ -13,7 +13,6 @@ counterpart of false_positives.py. Prints; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -22,11 +21,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from accuracy import SMALL_LESION_MM3  # benchmarks/ is on the path of a script run from it
+from tuning import segmented_studies, tuning_parser
 
-from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.evaluation.lesions import label_lesions, match_lesion_labels
-from BreastSegmentationLib.inference.pipeline import load_models, segment_images
-from BreastSegmentationLib.inference.runtime import configure_cpu_memory
 from BreastSegmentationLib.reports.tables import markdown_table
 
 #: Reference lesions under this volume are counted in no detection share (benchmarks/accuracy.py).
@@ -76,25 +73,15 @@ def tally(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", help="model folder (default: the bundled models)")
-    parser.add_argument("--phantom-seeds", type=int, nargs=2, default=(3000, 48), metavar=("FIRST", "COUNT"),
-                        help="tuning seeds (default 3000 48; 9000 and up are the held-out ones)")
-    parser.add_argument("--out", help="also write every lesion and the counts as JSON")
-    args = parser.parse_args(argv)
-    configure_cpu_memory()  # as the breastseg command does
-    models = load_models(args.models, "auto")
+    args = tuning_parser(__doc__.split("\n\n")[0], "also write every lesion and the counts as JSON").parse_args(argv)
     rows = []
-    first, count = args.phantom_seeds
-    for seed in range(first, first + count):
-        case = generate_case(seed)
-        result = segment_images(case.pre, case.posts[0], models)
+    for seed, case, result in segmented_studies(args):
         found = reference_rows(result.lesions, result.probability, case.lesions, case.info["lesions"])
         rows += [{"seed": seed, "bpe": case.info["bpe"]["level"], "fat_sat": case.info["fat_sat"], **row}
                  for row in found]
         print(f"seed {seed}: {sum(not row['found'] for row in found)} of {len(found)} lesions missed", flush=True)
     missed = [row for row in rows if not row["found"]]
-    print(f"{len(missed)} of {len(rows)} lesions of {MIN_LESION_MM3:g} mm3 or more missed in {count} studies")
+    print(f"{len(missed)} of {len(rows)} lesions of {MIN_LESION_MM3:g} mm3 or more missed in {args.phantom_seeds[1]} studies")
     print(markdown_table(missed))
     print(markdown_table(tally(rows)))
     if args.out:
