@@ -17,6 +17,7 @@ from BreastSegmentationLib.io.images import (
     bounding_box,
     check_mask,
     check_volume,
+    otsu_threshold,
     physical_overlap,
     read_image,
     read_volume,
@@ -463,4 +464,23 @@ def test_bounding_box_is_find_objects_box(rng, shape):
         mask = rng.random(shape) < fill
         mask.flat[rng.integers(mask.size)] = True
         assert bounding_box(mask) == ndimage.find_objects(mask.view(np.uint8))[0]
+
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_otsu_threshold_separates_two_classes_as_itks_filter_does(seed):
+    rng = np.random.default_rng(seed)
+    air = rng.normal(10.0, 3.0, size=40_000)
+    tissue = rng.normal(rng.uniform(60.0, 200.0), rng.uniform(5.0, 30.0), size=100 * int(rng.integers(50, 600)))
+    values = np.concatenate([air, tissue]).astype(np.float32).reshape(-1, 10, 10)
+    itk = sitk.OtsuThresholdImageFilter()
+    itk.Execute(sitk.GetImageFromArray(values))
+    bin_width = float(values.max() - values.min()) / 128
+    threshold = otsu_threshold(values)
+    assert threshold == pytest.approx(itk.GetThreshold(), abs=0.05 * bin_width)
+    assert air.mean() < threshold < tissue.mean()
+
+
+def test_otsu_threshold_of_equal_values_is_that_value():
+    assert otsu_threshold(np.full((3, 4), 7.5, dtype=np.float32)) == 7.5
 

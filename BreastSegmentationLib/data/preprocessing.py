@@ -29,6 +29,7 @@ from ..io.images import (
     as_float32,
     binary_mask,
     bounding_box,
+    otsu_threshold,
     reorient_to_ras,
     resample_like,
     same_geometry,
@@ -234,10 +235,7 @@ def image_on_grid(image: sitk.Image, grid: Grid) -> np.ndarray:
 def body_threshold(pre_zyx: np.ndarray) -> float:
     """Otsu's threshold between air and body, taken on log intensities: air noise then falls on one side and all
     tissue, including the dark fat of fat-saturated series, on the other."""
-    log_pre = sitk.GetImageFromArray(np.log1p(np.clip(np.asarray(pre_zyx, dtype=np.float32), 0.0, None)))
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(log_pre)
-    return float(np.expm1(otsu.GetThreshold()))
+    return float(np.expm1(otsu_threshold(np.log1p(np.clip(np.asarray(pre_zyx, dtype=np.float32), 0.0, None)))))
 
 
 def body_mask(pre_zyx: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -414,9 +412,7 @@ def background_enhancement(pre: np.ndarray, enhancement: np.ndarray, breast: np.
         raise InputError("no breast voxels: the background parenchymal enhancement cannot be measured")
     pre_values = np.asarray(pre[inside], dtype=np.float32)
     enhancement_values = enhancement[inside]
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.GetImageFromArray(pre_values[None]))
-    brighter = pre_values > otsu.GetThreshold()
+    brighter = pre_values > otsu_threshold(pre_values)
     return float(max(np.median(enhancement_values[part]) for part in (brighter, ~brighter) if part.any()))
 
 

@@ -158,6 +158,33 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
+#: Histogram bins of :func:`otsu_threshold`, as ITK's Otsu filter has by default.
+OTSU_BINS = 128
+
+
+def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
+    """Otsu's threshold of ``values`` (any shape): the upper edge of the histogram bin (``bins`` equal bins from the
+    smallest value to the largest) that best separates two classes; the largest value when all are equal.
+
+    Why not ITK's OtsuThresholdImageFilter: its histogram filter took four times as long on a study's volumes, for
+    thresholds within a hundredth of a bin of this one's.
+    """
+    values = np.ravel(values)
+    low, high = float(values.min()), float(values.max())
+    if not high > low:
+        return high
+    width = (high - low) / bins
+    counts = np.bincount(np.minimum(((values - low) / width).astype(np.intp), bins - 1), minlength=bins)
+    centres = low + (np.arange(bins) + 0.5) * width
+    below = np.cumsum(counts, dtype=np.float64)
+    above = below[-1] - below
+    sum_below = np.cumsum(counts * centres)
+    mean_below = sum_below / np.maximum(below, 1.0)
+    mean_above = (sum_below[-1] - sum_below) / np.maximum(above, 1.0)
+    between_class = below * above * (mean_below - mean_above) ** 2
+    return low + (int(np.argmax(between_class[:-1])) + 1) * width
+
+
 def cut_to_mask(image: sitk.Image, mask_zyx: np.ndarray, margin: int = 0) -> sitk.Image:
     """The box of ``image`` that holds the non-zero voxels of ``mask_zyx`` (its array, not empty), grown by
     ``margin`` voxels and clipped to the image, with its place in space: resampled, it costs the box's voxels."""

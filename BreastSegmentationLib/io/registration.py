@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import SimpleITK as sitk
 
-from .images import as_float32
+from .images import as_float32, otsu_threshold
 
 #: Shifts below this, or below a quarter of the image's coarsest voxel side (the registration's precision follows
 #: the voxel size), are left alone: far below a voxel, they would trade a real error for the estimate's own.
@@ -70,7 +70,7 @@ def estimate_motion(pre: sitk.Image, post: sitk.Image) -> Motion:
     registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     registration.SetMetricSamplingStrategy(registration.RANDOM)
     registration.SetMetricSamplingPercentage(0.05, 1)
-    registration.SetMetricFixedMask(sitk.OtsuThreshold(fixed, 0, 1))
+    registration.SetMetricFixedMask(fixed > otsu_threshold(sitk.GetArrayViewFromImage(fixed)))
     # Image gradients by central differences at the sampled points only: ITK's default gradient filters smooth the
     # whole of both volumes first, three quarters of the time. On 10 phantom studies shifted by up to 2.5 mm the
     # error was 0.13 mm on average without them and 0.15 mm with them.
