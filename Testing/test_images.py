@@ -18,6 +18,7 @@ from BreastSegmentationLib.io.images import (
     check_mask,
     check_volume,
     otsu_threshold,
+    paste_into_empty,
     physical_overlap,
     read_image,
     read_volume,
@@ -484,3 +485,14 @@ def test_otsu_threshold_separates_two_classes_as_itks_filter_does(seed):
 def test_otsu_threshold_of_equal_values_is_that_value():
     assert otsu_threshold(np.full((3, 4), 7.5, dtype=np.float32)) == 7.5
 
+
+@pytest.mark.parametrize("block_shape", [(2, 3, 4), (1, 3, 4)])  # (z, y, x); one slice thick too
+def test_a_block_pasted_into_an_empty_image_lands_at_its_index_on_the_reference_grid(rng, oblique_image, block_shape):
+    block = sitk.GetImageFromArray(rng.uniform(1.0, 2.0, size=block_shape).astype(np.float32))
+    start = [5, 4, 3]  # (x, y, z)
+    pasted = paste_into_empty(block, start, oblique_image)
+    assert same_geometry(pasted, oblique_image) and pasted.GetPixelID() == sitk.sitkFloat32
+    expected = np.zeros(oblique_image.GetSize()[::-1], dtype=np.float32)
+    z, y, x = block_shape
+    expected[3:3 + z, 4:4 + y, 5:5 + x] = sitk.GetArrayFromImage(block)
+    assert np.array_equal(sitk.GetArrayFromImage(pasted), expected)

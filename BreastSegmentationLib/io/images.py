@@ -141,11 +141,15 @@ def empty_like(reference: sitk.Image, pixel_type: int) -> sitk.Image:
 
 
 def paste_into_empty(block: sitk.Image, start: list[int], reference: sitk.Image) -> sitk.Image:
-    """An image of ``reference``'s grid and ``block``'s pixel type, 0 but for ``block`` placed at index ``start``."""
+    """An image of ``reference``'s grid and ``block``'s pixel type, 0 but for ``block`` placed at index ``start``.
+
+    Pasted in place (SimpleITK's slice assignment): ``sitk.Paste`` would first copy the whole empty image.
+    """
     full = empty_like(reference, block.GetPixelID())
     if 0 in block.GetSize():
         return full
-    return sitk.Paste(full, block, block.GetSize(), [0, 0, 0], start)
+    full[tuple(slice(first, first + size) for first, size in zip(start, block.GetSize()))] = block
+    return full
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
