@@ -17,12 +17,16 @@ import torch
 
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.errors import InputError
+from BreastSegmentationLib.data.crops import CropBox
+from BreastSegmentationLib.data.preprocessing import Grid
 from BreastSegmentationLib.inference.pipeline import (
+    lesion_labels,
     load_models,
     rounded_probability,
     rounded_probability_on,
     segment_images,
 )
+from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_lesion_mask
 from BreastSegmentationLib.inference.study import OUTPUT_FILES, segment_study, study_from_files
 from BreastSegmentationLib.io.images import resample_like
 from BreastSegmentationLib.models.cards import ModelCard, save_model
@@ -125,8 +129,34 @@ def test_lesion_threshold_above_the_probability_finds_no_lesion(tmp_path, rng):
     from BreastSegmentationLib.inference.pipeline import SegmentationOptions
 
     models = load_models(write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=-1.0), "cpu")
-    result = segment_images(*study_images(rng), models, SegmentationOptions(threshold=0.5))
+    pre, post = study_images(rng)
+    result = segment_images(pre, post, models, SegmentationOptions(threshold=0.5))
     assert sitk.GetArrayFromImage(result.lesions).sum() == 0
+    assert result.lesions.GetSize() == pre.GetSize() and result.lesions.GetOrigin() == pre.GetOrigin()
+    assert result.lesions.GetPixelID() == sitk.sitkUInt16  # a label map like any other
+
+
+def test_lesions_cleaned_on_the_block_above_threshold_equal_those_cleaned_on_the_whole_box(rng, oblique_image):
+    """The labels are found on the block of the voxels above the threshold only: put back on the study's grid,
+    they must equal those of the whole box, label for label (order by size, small and outside-breast ones dropped)."""
+    grid = Grid.of(oblique_image)
+    box = CropBox((1, 7), (1, 10), (2, 12))
+    probability = rng.uniform(0.0, 0.3, size=box.shape).astype(np.float32)
+    probability[0:3, 1:4, 1:5] = 0.9  # the larger lesion
+    probability[4:6, 6:8, 7:9] = 0.8  # a smaller one
+    probability[5, 0, 9] = 0.7  # one voxel (1.12 mm3): under the minimum volume
+    breast = np.ones(oblique_image.GetSize()[::-1], dtype=np.uint8)
+    cleaning = LesionCleaning(min_volume_mm3=2.0, min_peak_probability=0.75)
+    labels = lesion_labels(grid, box, probability, breast, 0.5, cleaning)
+    in_box = grid.sub_grid(box)
+    whole = clean_lesion_mask(in_box.image((probability > 0.5).astype(np.uint8)),
+                              in_box.image(np.ascontiguousarray(box.apply(breast))), cleaning,
+                              probability=in_box.image(probability))
+    expected = sitk.GetArrayFromImage(resample_like(whole, oblique_image, is_mask=True))
+    assert set(np.unique(expected)) == {0, 1, 2}
+    assert np.prod(labels.GetSize()) < np.prod(whole.GetSize())
+    assert np.array_equal(sitk.GetArrayFromImage(resample_like(labels, oblique_image, is_mask=True)), expected)
+    assert lesion_labels(grid, box, probability, breast, 0.95, cleaning) is None
 
 
 def test_minimum_lesion_volume_comes_from_the_card_unless_the_options_give_one(tmp_path, rng):
