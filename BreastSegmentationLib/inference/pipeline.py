@@ -236,7 +236,7 @@ def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarra
 
 
 def lesion_labels(grid: Grid, box: CropBox, probability: np.ndarray, breast: np.ndarray, threshold: float,
-                   cleaning: LesionCleaning) -> sitk.Image | None:
+                  cleaning: LesionCleaning) -> sitk.Image | None:
     """Lesions labelled 1..N on the grid of the block of ``grid`` that holds every voxel of ``probability`` (the
     lesion model's, in ``box``) above ``threshold``; None when none is. Thresholded and cleaned there only: no lesion
     lies outside it, and on the benchmark study it holds a third of the box's voxels."""
@@ -295,7 +295,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     # Each result is put back onto the pre-contrast grid from the block that holds it (resample_like fills the rest
     # with 0 without interpolating it).
     lesions = lesion_labels(prepared.grid, box, lesion_probability, breast_array, threshold,
-                             LesionCleaning(min_volume, min_peak_probability=min_peak))
+                            LesionCleaning(min_volume, min_peak_probability=min_peak))
     breast_on_pre = resample_like(cut_to_mask(breast, breast_array), pre, is_mask=True)
     lesions = empty_like(pre, sitk.sitkUInt16) if lesions is None else resample_like(lesions, pre, is_mask=True)
     seconds["restore"] = time.perf_counter() - started
