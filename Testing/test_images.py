@@ -458,7 +458,7 @@ def test_vector_nifti_is_left_to_itk(tmp_path, oblique_image):
     assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
 
 
-@pytest.mark.parametrize("shape", [(7, 9, 11), (1, 5, 6), (4, 12)])
+@pytest.mark.parametrize("shape", [(7, 9, 11), (1, 5, 6), (4, 12), (13,)])
 def test_bounding_box_is_find_objects_box(rng, shape):
     from scipy import ndimage
     for fill in (0.002, 0.05, 0.9):
