@@ -25,6 +25,7 @@ from BreastSegmentationLib.inference.foci import (
     mask_like,
     patches,
     subtraction_scale,
+    veto_centres,
     without_small_regions,
 )
 from BreastSegmentationLib.inference.pipeline import add_foci, load_models
@@ -348,6 +349,24 @@ def test_each_lesion_gets_the_classifiers_probability_of_its_two_cubes(study, lo
                                 torch.device("cpu"), SEARCH)
     assert sorted(scores) == [1, 3]
     assert np.allclose(list(scores.values()), 1.0 / (1.0 + np.exp(-logit)), atol=1e-6)
+
+
+def test_veto_centres_are_each_lesions_highest_probability_and_score_voxels(rng):
+    labels = np.zeros((12, 30, 40), np.uint16)
+    labels[5:8, 20:25, 30:36] = 1
+    labels[9:11, 3:6, 4:9] = 3  # label 2 is absent
+    labels[9, 28, 38] = 4  # one voxel, over the size limit below only for the others
+    probability, score = rng.random(labels.shape), rng.random(labels.shape)
+    found, centres = veto_centres(labels, probability, score)
+    assert found == [1, 3, 4]
+    for label, (at_probability, at_score) in zip(found, centres.reshape(-1, 2, 3)):
+        inside = labels == label
+        assert probability[tuple(at_probability)] == probability[inside].max()
+        assert score[tuple(at_score)] == score[inside].max()
+    found, centres = veto_centres(labels, probability, score, max_voxels=1)
+    assert found == [4] and centres.tolist() == [[9, 28, 38], [9, 28, 38]]
+    found, centres = veto_centres(np.zeros_like(labels), probability, score)
+    assert found == [] and centres.shape == (0, 3)
 
 
 class BrightCentre(torch.nn.Module):
