@@ -553,6 +553,24 @@ def test_the_command_goes_on_training_a_card_with_veto_examples(tmp_path, one_th
     assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), initial.state_dict().values()))
 
 
+def test_the_command_draws_phantom_studies_with_the_fat_saturation_share_asked_for(tmp_path, one_thread):
+    from BreastSegmentationLib.data.phantom import case_seed, generate_case
+    from BreastSegmentationLib.training.foci import (
+        FOCI_PHANTOM,
+        collect_examples,
+        load_examples,
+        main,
+        phantom_studies,
+    )
+    without = dataclasses.replace(FOCI_PHANTOM, fat_sat_probability=0.0)
+    assert generate_case(case_seed(4, 0), FOCI_PHANTOM).info["fat_sat"]  # so the option must change this study
+    assert main(["--phantom", "4", "1", "--fat-sat-probability", "0", "--save", str(tmp_path / "ex.npz")]) == 0
+    saved = load_examples([tmp_path / "ex.npz"])
+    expected = collect_examples(phantom_studies(4, 1, without), SEARCH)
+    np.testing.assert_array_equal(saved.cubes, expected.cubes)
+    np.testing.assert_array_equal(saved.labels, expected.labels)
+
+
 def test_the_veto_reads_the_probability_resampled_at_the_lesions(rng):
     from BreastSegmentationLib.inference.pipeline import probability_at_lesions
     from BreastSegmentationLib.io.images import resample_like

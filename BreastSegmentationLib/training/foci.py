@@ -1,6 +1,7 @@
 """Training the 3-D focus classifier of :mod:`..inference.foci` on phantom studies.
 
     python -m BreastSegmentationLib.training.foci --cases DIR [DIR ...] [--phantom SEED COUNT] [--seed S] --save EX.npz
+                                                  [--fat-sat-probability P]
     python -m BreastSegmentationLib.training.foci --components MODELS [--phantom-seeds 4000 120] --save VETO.npz
     python -m BreastSegmentationLib.training.foci --examples EX.npz [EX2.npz ...] [--component-examples VETO.npz]
                                                   [--component-repeats N] [--init CARD] --out DIR [--epochs 16]
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", default=[], help="case folders, or folders of case folders")
     parser.add_argument("--phantom", type=int, nargs=2, metavar=("SEED", "COUNT"),
                         help="also draw COUNT phantom studies with mostly small lesions from SEED")
+    parser.add_argument("--fat-sat-probability", type=float, default=FOCI_PHANTOM.fat_sat_probability,
+                        help="with --phantom: the share of fat-saturated studies drawn (default "
+                             f"{FOCI_PHANTOM.fat_sat_probability}); the others are the harder kind for small lesions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negatives drawn (default 0)")
     parser.add_argument("--components", metavar="MODELS",
                         help="collect the veto's examples instead: the lesions MODELS (a model folder) find in the "
@@ -368,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.save:
         studies = ((str(f), folder_study(f)) for f in case_folders(args.cases))
-        generated = phantom_studies(*args.phantom) if args.phantom else iter(())
+        config = replace(FOCI_PHANTOM, fat_sat_probability=args.fat_sat_probability)
+        generated = phantom_studies(*args.phantom, config) if args.phantom else iter(())
         save_examples(collect_examples(itertools.chain(studies, generated), search, seed=args.seed), args.save)
         return 0
     if args.components or not (args.examples and args.out):
