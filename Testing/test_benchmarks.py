@@ -78,6 +78,12 @@ def test_missed_lesions_are_described_by_what_the_phantom_drew():
          "found": True}]
     assert tally_missed(rows) == [{"type": "round", "size": "20-150 mm3", "lesions": 1, "missed": 1},
                                   {"type": "irregular", "size": "over 150 mm3", "lesions": 1, "missed": 0}]
+    focus, mass = sorted(rows, key=lambda row: row["volume_mm3"])
+    studies = [{**focus, "fat_sat": False}, {**focus, "fat_sat": True}, {**mass, "fat_sat": True}]
+    assert tally_missed(studies, by="fat_sat") == [
+        {"fat_sat": False, "size": "20-150 mm3", "lesions": 1, "missed": 1},
+        {"fat_sat": True, "size": "20-150 mm3", "lesions": 1, "missed": 1},
+        {"fat_sat": True, "size": "over 150 mm3", "lesions": 1, "missed": 0}]
 
 
 @pytest.mark.parametrize("script", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),

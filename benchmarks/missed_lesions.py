@@ -7,8 +7,9 @@ with what the phantom drew there (type, diameter, conspicuity: its enhancement a
 highest lesion probability inside it (below the lesion card's threshold the network did not see it; between the
 threshold and the peak rule it saw it and was unsure) and whether a predicted lesion touches it, with the study's
 background parenchymal enhancement (BPE) level and fat saturation. Then the lesions are counted by type and size
-(20-150 mm3 and larger) with how many of each were missed, so that the next change aims at what the models miss: the
-counterpart of false_positives.py. Prints; asserts nothing.
+(20-150 mm3 and larger) with how many of each were missed, and again by the study's fat saturation and size (small
+lesions hide in the noisier subtraction of studies without it), so that the next change aims at what the models
+miss: the counterpart of false_positives.py. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ def size_class(volume_mm3: float) -> str:
         f"over {SMALL_LESION_MM3:g} mm3"
 
 
-def tally(rows: list[dict]) -> list[dict]:
-    """Lesions and misses by type and size class, the kinds missed most first."""
-    kinds = Counter((row["type"], size_class(row["volume_mm3"])) for row in rows)
-    missed = Counter((row["type"], size_class(row["volume_mm3"])) for row in rows if not row["found"])
-    return [{"type": kind, "size": size, "lesions": count, "missed": missed[(kind, size)]}
-            for (kind, size), count in sorted(kinds.items(), key=lambda item: (-missed[item[0]], item[0]))]
+def tally(rows: list[dict], by: str = "type") -> list[dict]:
+    """Lesions and misses by ``by`` (a column of the rows: the lesion's type, the study's fat saturation) and size
+    class, the kinds missed most first."""
+    kinds = Counter((row[by], size_class(row["volume_mm3"])) for row in rows)
+    missed = Counter((row[by], size_class(row["volume_mm3"])) for row in rows if not row["found"])
+    return [{by: kind, "size": size, "lesions": count, "missed": missed[(kind, size)]}
+            for (kind, size), count in sorted(kinds.items(), key=lambda item: (-missed[item[0]], str(item[0])))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(missed)} of {len(rows)} lesions of {MIN_LESION_MM3:g} mm3 or more missed in {args.phantom_seeds[1]} studies")
     print(markdown_table(missed))
     print(markdown_table(tally(rows)))
+    print(markdown_table(tally(rows, by="fat_sat")))
     if args.out:
-        Path(args.out).write_text(json.dumps({"lesions": rows, "by_kind": tally(rows)}, indent=2))
+        Path(args.out).write_text(json.dumps({"lesions": rows, "by_kind": tally(rows),
+                                              "by_fat_saturation": tally(rows, by="fat_sat")}, indent=2))
     return 0
 
 
