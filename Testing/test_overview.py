@@ -50,3 +50,11 @@ def test_each_lesion_is_shown_on_its_largest_slice():
     assert _largest_slices(lesions, 3) == {1: 7, 2: 3, 4: 10}
     assert _largest_slices(lesions, 1) == {1: 7}
     assert _largest_slices(np.zeros_like(lesions), 3) == {}
+
+
+def test_a_study_stored_in_another_orientation_gives_the_same_figure(tmp_path):
+    """The figure shows every study in LPS display order, whatever order its voxels are stored in."""
+    images = study(2)
+    as_stored = save_overview(*images, tmp_path / "lps.png", title="")
+    turned = save_overview(*(sitk.DICOMOrient(item, "RAI") for item in images), tmp_path / "rai.png", title="")
+    np.testing.assert_array_equal(matplotlib.image.imread(turned), matplotlib.image.imread(as_stored))

@@ -25,9 +25,11 @@ MAX_LESION_PANELS = 7
 PANEL_WIDTH_IN = 3.6
 
 
-def display_array(image: sitk.Image) -> np.ndarray:
-    """(z, y, x) array in radiological display order: rows anterior -> posterior, columns right -> left."""
-    return sitk.GetArrayFromImage(reorient(image, "LPS"))
+def display_images(*images: sitk.Image) -> list[sitk.Image]:
+    """The images with their axes in radiological display order (LPS): rows anterior -> posterior, columns right ->
+    left; each image itself where it already is. The caller keeps them while it reads their array views: copying the
+    arrays of a study's volumes would take some 0.05 s."""
+    return [reorient(image, "LPS") for image in images]
 
 
 def _aspect(image: sitk.Image) -> float:
@@ -67,8 +69,9 @@ def _largest_slices(lesion_a: np.ndarray, limit: int) -> dict[int, int]:
 def save_overview(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sitk.Image, path: str | Path,
                   lesion_rows: list[dict] | None = None, title: str = "") -> Path:
     """Write the overview PNG; ``lesions`` is a label map (1..N by decreasing volume), all images on one grid."""
-    pre_a, post_a = display_array(pre), display_array(post)
-    breast_a, lesion_a = display_array(breast) > 0, display_array(lesions)
+    in_display_order = display_images(pre, post, breast, lesions)
+    pre_a, post_a, breast_a, lesion_a = (sitk.GetArrayViewFromImage(image) for image in in_display_order)
+    breast_a = breast_a > 0
     lesion_slices = _largest_slices(lesion_a, MAX_LESION_PANELS)
     labels = list(lesion_slices)
     volumes = {int(row["id"]): row.get("volume_mm3") for row in (lesion_rows or [])}
