@@ -1,11 +1,12 @@
 """Foci: small enhancing lesions (about 3-7 mm) that the slice-wise lesion network misses, looked for in 3-D.
 
 Why: the lesion network sees a few neighbouring slices, where a focus of two to four slices looks like the
-cross-section of an enhancing vessel, and it gives most of them almost no probability (README, Training). In 3-D a
-vessel runs on where a focus ends. So blobs of the subtraction are proposed (the local maxima of a difference of
-Gaussians inside the breast, scored robustly against the breast's own texture) and a small 3-D classifier (MONAI's
-``Classifier``) looks at a 32 mm cube around each, sampled at 1 mm. A blob it is sure of, away from the lesions the
-network found, is added as a lesion: the voxels around its peak that score above half the peak's blob score.
+cross-section of an enhancing vessel, and it gives most of them almost no probability
+(docs/model-development.md). In 3-D a vessel runs on where a focus ends. So blobs of the subtraction are proposed
+(the local maxima of a difference of Gaussians inside the breast, scored robustly against the breast's own texture)
+and a small 3-D classifier (MONAI's ``Classifier``) looks at a 32 mm cube around each, sampled at 1 mm. A blob it is
+sure of, away from the lesions the network found, is added as a lesion: the voxels around its peak that score above
+half the peak's blob score.
 
 Everything here works on (z, y, x) arrays of the study's own grid in LPS order (the order the classifier was
 trained in; its training flips every axis, so RAS or other flips read the same) with the grid's (x, y, z) spacing.
