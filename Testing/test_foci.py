@@ -17,6 +17,7 @@ from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.inference.foci import (
     FocusSearch,
     blob_score,
+    breast_scale,
     candidate_peaks,
     classify,
     find_foci,
@@ -24,7 +25,6 @@ from BreastSegmentationLib.inference.foci import (
     lps_arrays,
     mask_like,
     patches,
-    subtraction_scale,
     veto_centres,
     without_small_regions,
 )
@@ -120,7 +120,7 @@ def test_the_blob_score_is_close_to_the_exact_difference_of_gaussians(study):
 
 def test_a_cube_is_sampled_at_1_mm_around_its_peak(study):
     subtraction, breast, _ = study
-    cube = patches(subtraction, np.array([BALL_CENTRE]), SPACING, SEARCH, *subtraction_scale(subtraction, breast))
+    cube = patches(subtraction, np.array([BALL_CENTRE]), SPACING, SEARCH, *breast_scale(subtraction, breast))
     assert cube.shape == (1, 1, 32, 32, 32) and cube.dtype == np.float32
     bright = np.argwhere(cube[0, 0] > 0.5 * cube[0, 0].max())
     # A round ball stays round at 1 mm although the slices are 2 mm apart: about 5 mm across on every axis.
@@ -345,8 +345,7 @@ def test_each_lesion_gets_the_classifiers_probability_of_its_two_cubes(study, lo
     probability = (lesions > 0) * np.float32(0.9)
     networks = [tiny_classifier(logit)]
     candidates = score_candidates(subtraction, breast, lesions, SPACING, networks, torch.device("cpu"), SEARCH)
-    scores = lesion_veto_scores(candidates, subtraction, lesions, probability, SPACING, networks,
-                                torch.device("cpu"), SEARCH)
+    scores = lesion_veto_scores(candidates, lesions, probability, SPACING, networks, torch.device("cpu"), SEARCH)
     assert sorted(scores) == [1, 3]
     assert np.allclose(list(scores.values()), 1.0 / (1.0 + np.exp(-logit)), atol=1e-6)
 
@@ -385,8 +384,7 @@ def test_a_lesion_is_judged_by_cubes_centred_inside_it(study):
     probability[BALL_CENTRE] = probability[7, 12, 33] = 0.9
     networks = [BrightCentre().eval()]
     candidates = score_candidates(subtraction, breast, lesions, SPACING, networks, torch.device("cpu"), SEARCH)
-    scores = lesion_veto_scores(candidates, subtraction, lesions, probability, SPACING, networks,
-                                torch.device("cpu"), SEARCH)
+    scores = lesion_veto_scores(candidates, lesions, probability, SPACING, networks, torch.device("cpu"), SEARCH)
     assert scores[1] > 0.99 and scores[2] < 0.01
 
 
@@ -482,9 +480,9 @@ def test_the_veto_learns_from_the_cubes_it_will_judge(study):
     torch.manual_seed(0)
     network = FOCI_CARD.build().eval()
     candidates = score_candidates(subtraction, breast, found, SPACING, [network], torch.device("cpu"), SEARCH)
-    scores = lesion_veto_scores(candidates, subtraction, found, probability, SPACING, [network],
-                                torch.device("cpu"), SEARCH)
-    examples = collect_component_examples([("s", (subtraction, breast, ball, probability, found, SPACING))], SEARCH)
+    scores = lesion_veto_scores(candidates, found, probability, SPACING, [network], torch.device("cpu"), SEARCH)
+    examples = collect_component_examples([("s", (subtraction, breast, ball, probability, found, SPACING, None))],
+                                          SEARCH)
     assert list(examples.labels) == [1, 1, 0, 0] and list(examples.studies) == ["s"] * 4
     ball_mm3 = float(ball.sum() * np.prod(SPACING))
     assert np.allclose(examples.lesion_mm3, [ball_mm3, ball_mm3, 0.0, 0.0])
@@ -522,9 +520,9 @@ def test_veto_examples_come_from_the_lesions_models_find_in_phantom_studies(tmp_
     from BreastSegmentationLib.training.foci import network_lesion_studies
     models = load_models(write_models(tmp_path / "models", 5.0, 5.0, min_lesion_mm3=0.0), "cpu")
     (name, arrays), = network_lesion_studies(models, 4000, 1, shape=(64, 64, 12))
-    subtraction, breast, reference, probability, found, spacing = arrays
+    subtraction, breast, reference, probability, found, spacing, pre = arrays
     assert name == "phantom-4000" and len(spacing) == 3
-    assert all(a.shape == subtraction.shape for a in arrays[:5])
+    assert all(a.shape == subtraction.shape for a in arrays[:5] + arrays[6:])
     assert breast.any() and found.max() >= 1 and np.all(probability[found > 0] > 0.5)
     examples = collect_component_examples([(name, arrays)], SEARCH)
     assert len(examples.labels) == 2 * len(np.unique(found[found > 0]))
@@ -587,3 +585,76 @@ def test_the_veto_reads_the_probability_resampled_at_the_lesions(rng):
     whole = sitk.GetArrayFromImage(resample_like(probability, reference))
     assert np.allclose(near[lesions > 0], whole[lesions > 0], atol=1e-6) and whole[lesions > 0].any()
     assert not near[:, :, 21:].any()
+
+
+class CentreOfChannel(torch.nn.Module):
+    """A classifier sure of a cube whose centre voxel in one channel lies 2 below the breast's median or lower (the
+    channels are normalised by the breast's median and its spread to the 99th percentile)."""
+
+    def __init__(self, channel: int):
+        super().__init__()
+        self.channel = channel
+
+    def forward(self, cubes: torch.Tensor) -> torch.Tensor:
+        return -10.0 * (cubes[:, self.channel, 16, 16, 16][:, None] + 2.0)
+
+
+def pre_contrast(study, rng) -> np.ndarray:
+    """A pre-contrast phase of bright fat in which the ball (the lesion) is dark and the tube is not."""
+    _, _, ball = study
+    pre = rng.normal(100.0, 1.0, size=SHAPE).astype(np.float32)
+    pre[ball > 0] = 40.0
+    return pre
+
+
+def test_a_classifier_of_two_inputs_sees_the_pre_contrast_phase_in_its_second_channel(study, rng):
+    from BreastSegmentationLib.inference.foci import cube_volumes
+    subtraction, breast, ball = study
+    pre = pre_contrast(study, rng)
+    channels = cube_volumes(pre, pre + subtraction, subtraction, ["subtraction", "pre"])
+    found = find_foci(subtraction, breast, np.zeros(SHAPE, np.uint8), SPACING, [CentreOfChannel(1)],
+                      torch.device("cpu"), SEARCH, 0.5, channels=channels)
+    assert found.network_input[1:] == (2, 32, 32, 32)
+    assert found.mask[BALL_CENTRE] and not found.mask[12, :, 46:51].any()  # the ball, dark on pre; not the tube
+    assert all(distance_mm(found.peaks, BALL_CENTRE) < 2.0)
+    with pytest.raises(InputError, match="enhancement"):
+        cube_volumes(pre, pre + subtraction, subtraction, ["subtraction", "enhancement"])
+
+
+def test_the_pipeline_gives_a_foci_card_the_inputs_it_names_and_refuses_others(tmp_path, rng):
+    from test_pipeline import study_images, write_models
+    from BreastSegmentationLib.inference.pipeline import segment_images
+    folder = write_models(tmp_path / "models", 5.0, -5.0)
+    card = dataclasses.replace(FOCI_CARD, inputs=["subtraction", "pre"])
+    save_model(card.build(), card, folder)
+    models = load_models(folder, "cpu")
+    pre, post = study_images(rng)
+    post = sitk.Add(post, 0.0)
+    post[20, 20, 5] = 3000.0
+    assert segment_images(pre, post, models).network_inputs["foci"][1:] == (2, 32, 32, 32)
+    saved = ModelCard.from_json(folder / "foci_classifier.json").to_dict()
+    (folder / "foci_classifier.json").write_text(__import__("json").dumps({**saved, "inputs": ["subtraction", "enhancement"]}))
+    with pytest.raises(InputError, match="foci classifier's inputs must be among .*; got enhancement"):
+        load_models(folder, "cpu")
+
+
+def test_examples_of_two_inputs_add_the_pre_contrast_cubes_and_train_only_a_card_of_those_inputs(
+        study, rng, tmp_path, one_thread):
+    from BreastSegmentationLib.training.foci import collect_examples, load_examples, save_examples
+    subtraction, breast, ball = study
+    pre = pre_contrast(study, rng)
+    studies = [("s", (subtraction, breast, ball, SPACING, pre))]
+    alone = collect_examples(studies, SEARCH, negatives=5)
+    both = collect_examples(studies, SEARCH, negatives=5, inputs=("subtraction", "pre"))
+    assert both.inputs == ("subtraction", "pre") and both.cubes.shape[1] == 2
+    np.testing.assert_array_equal(both.cubes[:, :1], alone.cubes)
+    centre = both.cubes[:, 1, 16, 16, 16].astype(np.float32)
+    assert centre[both.labels == 1].max() < centre[both.labels == 0].min()  # the lesion is dark before contrast
+    save_examples(both, tmp_path / "both.npz")
+    assert load_examples([tmp_path / "both.npz"]).inputs == ("subtraction", "pre")
+    with pytest.raises(InputError, match="the examples show subtraction, pre"):
+        train_classifier(both, FOCI_CARD, epochs=1)
+    with pytest.raises(InputError, match="different inputs"):
+        Examples.concatenate([alone, both])
+    with pytest.raises(InputError, match="pre-contrast phase"):
+        collect_examples([("s", (subtraction, breast, ball, SPACING, None))], SEARCH, inputs=("subtraction", "pre"))

@@ -38,6 +38,7 @@ from accuracy import lesion_scores, summarise_lesions  # benchmarks/ is on the p
 from BreastSegmentationLib.data.phantom import generate_case
 from BreastSegmentationLib.inference.foci import (
     FocusSearch,
+    cube_volumes,
     grow_foci,
     lesion_veto_scores,
     lps_arrays,
@@ -100,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                                          LesionCleaning(result.min_lesion_mm3, min_peak_probability=lesion_peak),
                                          result.probability) if sweeps_lesions else result.lesions
             (lesions,) = lps_arrays(labelled)
-            candidates = score_candidates(post - pre, breast > 0, lesions, spacing, models.foci.networks,
-                                          models.device, search)
-            veto_scores = lesion_veto_scores(candidates, post - pre, lesions, probability, spacing,
-                                             models.foci.networks, models.device, search)
+            subtraction = post - pre
+            candidates = score_candidates(subtraction, breast > 0, lesions, spacing, models.foci.networks,
+                                          models.device, search,
+                                          cube_volumes(pre, post, subtraction, models.foci.card.inputs))
+            veto_scores = lesion_veto_scores(candidates, lesions, probability, spacing, models.foci.networks,
+                                             models.device, search)
             for threshold, min_score, veto in foci_points:
                 foci = grow_foci(candidates, breast.shape, spacing, search, threshold, min_voxels, min_score)
                 vetoed = [label for label, score in veto_scores.items() if veto is not None and score < veto]

@@ -14,6 +14,7 @@ trained in; its training flips every axis, so RAS or other flips read the same) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from ..errors import InputError
 from ..io.images import bounding_box, reorient
 
 #: Blob scores are robust z-scores of the difference of Gaussians; the breast median and MAD set the scale.
@@ -136,12 +138,35 @@ def candidate_peaks(score: np.ndarray, breast: np.ndarray, spacing_xyz: tuple[fl
     return points
 
 
-def subtraction_scale(subtraction: np.ndarray, breast: np.ndarray) -> tuple[float, float]:
-    """(offset, scale) mapping the breast's median subtraction to 0 and its 99th percentile to 1 (measured on the
-    breast voxels of every second voxel along each axis)."""
+def breast_scale(volume: np.ndarray, breast: np.ndarray) -> tuple[float, float]:
+    """(offset, scale) mapping the breast's median of ``volume`` to 0 and its 99th percentile to 1 (measured on the
+    breast voxels of every second voxel along each axis): how each channel of the classifier's cubes is
+    normalised."""
     sampled = (slice(None, None, STATISTICS_STRIDE),) * 3
-    median, high = np.percentile(subtraction[sampled][breast[sampled]], (50.0, 99.0))
+    median, high = np.percentile(volume[sampled][breast[sampled]], (50.0, 99.0))
     return float(median), float(max(high - median, 1e-3))
+
+
+#: The volumes a foci classifier's cubes may show: a foci card's ``inputs`` name them, in the cubes' channel order.
+#: A focus in fat is dark on a pre-contrast image without fat saturation, where the bright fat makes the
+#: subtraction's noise.
+CUBE_INPUTS = ("subtraction", "pre", "post")
+
+
+def check_cube_inputs(inputs: Sequence[str], source: object = None) -> None:
+    """A clear error unless every one of a foci card's ``inputs`` is one of :data:`CUBE_INPUTS`."""
+    unknown = [name for name in inputs if name not in CUBE_INPUTS]
+    if unknown:
+        raise InputError(f"a foci classifier's inputs must be among {', '.join(CUBE_INPUTS)}; got "
+                         f"{', '.join(unknown)}", source)
+
+
+def cube_volumes(pre: np.ndarray, post: np.ndarray, subtraction: np.ndarray,
+                 inputs: Sequence[str]) -> list[np.ndarray]:
+    """The volumes of a foci card's ``inputs`` (:data:`CUBE_INPUTS`), in their order, from arrays of one grid."""
+    check_cube_inputs(inputs)
+    volumes = {"subtraction": subtraction, "pre": pre, "post": post}
+    return [volumes[name] for name in inputs]
 
 
 #: Cubes are interpolated this many at a time: their source blocks then take some 20 MB.
@@ -195,6 +220,14 @@ def patches(subtraction: np.ndarray, peaks: np.ndarray, spacing_xyz: tuple[float
                    for c, (positions, _, _), n in zip(peak, axes, subtraction.shape)]
         cube[outside[0][:, None, None] | outside[1][:, None] | outside[2]] = 0.0
     return cubes
+
+
+def channel_cubes(volumes: Sequence[np.ndarray], scales: Sequence[tuple[float, float]], peaks: np.ndarray,
+                  spacing_xyz: tuple[float, ...], search: FocusSearch) -> np.ndarray:
+    """(N, C, P, P, P) float32 cubes around ``peaks``: channel c from ``volumes[c]`` normalised with ``scales[c]``
+    (:func:`patches`)."""
+    cubes = [patches(volume, peaks, spacing_xyz, search, *scale) for volume, scale in zip(volumes, scales)]
+    return cubes[0] if len(cubes) == 1 else np.concatenate(cubes, axis=1)
 
 
 def classify(networks: list[torch.nn.Module], cubes: np.ndarray, device: torch.device,
@@ -271,22 +304,24 @@ def without_small_regions(mask: np.ndarray, min_voxels: float) -> np.ndarray:
 @dataclass
 class Candidates:
     """A study's scored candidates: the box of the arrays they were found in, the blob score there, the peaks
-    (indices in the box), the classifier's probability of each, and the (offset, scale) its cubes were normalised
-    with (:func:`subtraction_scale`)."""
+    (indices in the box), the classifier's probability of each, and the volumes its cubes show (cut to the box)
+    with the (offset, scale) each was normalised with (:func:`breast_scale`)."""
 
     box: tuple[slice, ...]
     score: np.ndarray
     inside: np.ndarray
     peaks: np.ndarray
     probability: np.ndarray
-    scale: tuple[float, float]
+    volumes: list[np.ndarray]
+    scales: list[tuple[float, float]]
 
 
 def score_candidates(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray,
                      spacing_xyz: tuple[float, ...], networks: list[torch.nn.Module], device: torch.device,
-                     search: FocusSearch) -> Candidates | None:
+                     search: FocusSearch, channels: Sequence[np.ndarray] | None = None) -> Candidates | None:
     """Blob peaks inside the breast that touch no lesion of ``lesions`` (all (z, y, x) arrays of one grid), with
-    the classifier's probability of each; None without breast."""
+    the classifier's probability of each (its cubes cut from ``channels``, :func:`cube_volumes`; default: the
+    subtraction alone); None without breast."""
     if not breast.any():
         return None
     box = breast_box(breast, spacing_xyz, search_margin_mm(search))
@@ -294,9 +329,10 @@ def score_candidates(subtraction: np.ndarray, breast: np.ndarray, lesions: np.nd
     score = blob_score(sub, inside, spacing_xyz, search)
     peaks = candidate_peaks(score, inside, spacing_xyz, search)
     peaks = peaks[~touching(lesions[box] > 0, peaks)]
-    scale = subtraction_scale(sub, inside)
-    probability = classify(networks, patches(sub, peaks, spacing_xyz, search, *scale), device)
-    return Candidates(box, score, inside, peaks, probability, scale)
+    volumes = [sub] if channels is None else [np.asarray(volume[box], dtype=np.float32) for volume in channels]
+    scales = [breast_scale(volume, inside) for volume in volumes]
+    probability = classify(networks, channel_cubes(volumes, scales, peaks, spacing_xyz, search), device)
+    return Candidates(box, score, inside, peaks, probability, volumes, scales)
 
 
 def grow_foci(candidates: Candidates, shape: tuple[int, ...], spacing_xyz: tuple[float, ...], search: FocusSearch,
@@ -319,19 +355,21 @@ def grow_foci(candidates: Candidates, shape: tuple[int, ...], spacing_xyz: tuple
 
 def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, spacing_xyz: tuple[float, ...],
               networks: list[torch.nn.Module], device: torch.device, search: FocusSearch,
-              threshold: float, min_voxels: float = 0.0, probability: np.ndarray | None = None) -> FociResult:
+              threshold: float, min_voxels: float = 0.0, probability: np.ndarray | None = None,
+              channels: Sequence[np.ndarray] | None = None) -> FociResult:
     """Foci the classifier gives more than ``threshold`` that touch no lesion of ``lesions`` (all (z, y, x) arrays
     of one grid), grown inside the breast, of at least ``min_voxels``; given the lesion ``probability`` and a card
-    with :attr:`FocusSearch.veto_below`, also the lesions the classifier rejects (:func:`lesion_veto_scores`)."""
-    cube = (1,) + (search.patch_voxels,) * 3
-    candidates = score_candidates(subtraction, breast, lesions, spacing_xyz, networks, device, search)
+    with :attr:`FocusSearch.veto_below`, also the lesions the classifier rejects (:func:`lesion_veto_scores`).
+    ``channels``: the volumes the classifier's cubes show (:func:`cube_volumes`; default: the subtraction)."""
+    cube = (1 if channels is None else len(channels),) + (search.patch_voxels,) * 3
+    candidates = score_candidates(subtraction, breast, lesions, spacing_xyz, networks, device, search, channels)
     if candidates is None:
         return FociResult(np.zeros(breast.shape, dtype=bool), np.zeros((0, 3), int), np.zeros(0), (0,) + cube)
     mask = grow_foci(candidates, breast.shape, spacing_xyz, search, threshold, min_voxels)
     peaks = candidates.peaks + np.array([b.start for b in candidates.box])
     kept = (candidates.probability > threshold) & mask[tuple(peaks.T)]
     scores = {} if probability is None or search.veto_below is None else lesion_veto_scores(
-        candidates, subtraction, lesions, probability, spacing_xyz, networks, device, search)
+        candidates, lesions, probability, spacing_xyz, networks, device, search)
     vetoed = [label for label, score in scores.items() if score < search.veto_below]
     return FociResult(mask, peaks[kept], candidates.probability[kept], (len(peaks) + 2 * len(scores),) + cube,
                       vetoed)
@@ -369,9 +407,9 @@ def added_foci_rows(foci: FociResult, reference_lps: sitk.Image) -> list[dict]:
     return rows
 
 
-def lesion_veto_scores(candidates: Candidates, subtraction: np.ndarray, lesions: np.ndarray,
-                       probability: np.ndarray, spacing_xyz: tuple[float, ...], networks: list[torch.nn.Module],
-                       device: torch.device, search: FocusSearch) -> dict[int, float]:
+def lesion_veto_scores(candidates: Candidates, lesions: np.ndarray, probability: np.ndarray,
+                       spacing_xyz: tuple[float, ...], networks: list[torch.nn.Module], device: torch.device,
+                       search: FocusSearch) -> dict[int, float]:
     """For each label of ``lesions`` (a label map; arrays of the grid the candidates were scored on), the higher of
     the classifier's probabilities of two cubes: centred at the lesion's highest ``probability`` and at its highest
     blob score. A lesion under :attr:`FocusSearch.veto_below` is dropped; one larger than
@@ -387,8 +425,7 @@ def lesion_veto_scores(candidates: Candidates, subtraction: np.ndarray, lesions:
     found, centres = veto_centres(lesions[box], probability[box], candidates.score, max_voxels)
     if not found:
         return {}
-    sub = np.asarray(subtraction[box], dtype=np.float32)
-    cubes = patches(sub, centres, spacing_xyz, search, *candidates.scale)
+    cubes = channel_cubes(candidates.volumes, candidates.scales, centres, spacing_xyz, search)
     best = classify(networks, cubes, device).reshape(-1, 2).max(axis=1)
     return {label: float(p) for label, p in zip(found, best)}
 

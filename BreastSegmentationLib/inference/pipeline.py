@@ -53,7 +53,16 @@ from ..models.cards import ModelCard, find_cards, load_networks
 from ..models.registry import ARCHITECTURES
 from ..progress import Progress, silent
 from ..resources import bundled_models_dir
-from .foci import FocusSearch, added_foci_rows, find_foci, lps_arrays, mask_like, search_region
+from .foci import (
+    FocusSearch,
+    added_foci_rows,
+    check_cube_inputs,
+    cube_volumes,
+    find_foci,
+    lps_arrays,
+    mask_like,
+    search_region,
+)
 from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size, without_labels
 from .runtime import describe_device, predict_slices, resolve_device
 
@@ -147,6 +156,8 @@ def load_models(folder: str | Path | None = None, device: str = "auto") -> Model
             raise InputError(f"{needed} {task} model card is needed in the model folder (found: {found})", folder)
         if paths:
             networks, card = load_networks(paths[0], torch_device)
+            if task == "foci":
+                check_cube_inputs(card.inputs, paths[0])
             if ARCHITECTURES[card.architecture].spatial_dims == 2:  # channels-last pays for 2-D convolutions
                 networks = [n.to(memory_format=torch.channels_last) for n in networks]
             loaded[task] = LoadedModel(networks, card, paths[0])
@@ -347,15 +358,17 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
     search = FocusSearch.from_dict(model.card.preprocessing)
     region = search_region(breast, search, lesions)
     if region is None:
-        return lesions, [], (0, 1) + (search.patch_voxels,) * 3
+        return lesions, [], (0, len(model.card.inputs)) + (search.patch_voxels,) * 3
     crops = [sitk.RegionOfInterest(image, *region) for image in (pre, post, breast, lesions)]
     pre_a, post_a, breast_a, lesion_a = lps_arrays(*crops)
     lps_grid = reorient(crops[0], "LPS")  # its spacing is the arrays' (a sagittal study's axes are permuted)
     probability_a = None
     if probability is not None and search.veto_below is not None and lesion_a.any():
         (probability_a,) = lps_arrays(probability_at_lesions(probability, crops[0], crops[3]))
-    foci = find_foci(post_a - pre_a, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
-                     model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a)
+    subtraction = post_a - pre_a
+    foci = find_foci(subtraction, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
+                     model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a,
+                     cube_volumes(pre_a, post_a, subtraction, model.card.inputs))
     if not foci.mask.any() and not foci.vetoed:
         return lesions, [], foci.network_input
     # Every lesion lies in the block (search_region), so the map is rebuilt there and put back on the whole grid:

@@ -1,16 +1,18 @@
 """Training the 3-D focus classifier of :mod:`..inference.foci` on phantom studies.
 
     python -m BreastSegmentationLib.training.foci --cases DIR [DIR ...] [--phantom SEED COUNT] [--seed S] --save EX.npz
-                                                  [--fat-sat-probability P]
+                                                  [--fat-sat-probability P] [--inputs subtraction pre]
     python -m BreastSegmentationLib.training.foci --components MODELS [--phantom-seeds 4000 120] --save VETO.npz
+                                                  [--inputs subtraction pre]
     python -m BreastSegmentationLib.training.foci --examples EX.npz [EX2.npz ...] [--component-examples VETO.npz]
                                                   [--component-repeats N] [--init CARD] --out DIR [--epochs 16]
 
 The first collects examples (cubes around blob peaks, labelled) from case folders and drawn phantom studies; the
 second collects the veto's examples: the lesions a model folder's lesion network finds in phantom studies, two cubes
 each, true when they touch a reference lesion; the third trains the classifier on saved examples (or goes on
-training a card's) and writes its model card and weights. Each takes a long while, so they are separate steps, and
-several collections can run side by side.
+training a card's) and writes its model card and weights. ``--inputs`` chooses the volumes the cubes show, one
+channel each (:data:`~..inference.foci.CUBE_INPUTS`); a new classifier takes its examples' inputs. Each takes a long
+while, so they are separate steps, and several collections can run side by side.
 
 Examples: every blob peak of a study (:func:`~..inference.foci.candidate_peaks`, with a lower score floor than
 inference uses, so that the classifier also sees the fainter blobs) is a positive when it lies on or next to a
@@ -40,16 +42,20 @@ import torch
 from scipy import ndimage
 
 from ..data.phantom import PhantomConfig, case_seed, generate_case
+from ..errors import InputError
 from ..inference.foci import (
     FocusSearch,
     blob_score,
     breast_box,
+    breast_scale,
     candidate_peaks,
+    channel_cubes,
+    CUBE_INPUTS,
+    check_cube_inputs,
     classify,
+    cube_volumes,
     lps_arrays,
-    patches,
     search_margin_mm,
-    subtraction_scale,
     veto_centres,
 )
 from ..inference.pipeline import (
@@ -74,25 +80,30 @@ SMALL_LESION_MM3 = (20.0, 150.0)
 
 @dataclass
 class Examples:
-    """Cubes (N, 1, P, P, P) float16, labels (1: lesion), the volume of the lesion of each positive, its study."""
+    """Cubes (N, C, P, P, P) float16 of the ``inputs`` volumes (:data:`~..inference.foci.CUBE_INPUTS`, one per
+    channel), labels (1: lesion), the volume of the lesion of each positive, its study."""
 
     cubes: np.ndarray
     labels: np.ndarray
     lesion_mm3: np.ndarray
     studies: np.ndarray
+    inputs: tuple[str, ...] = ("subtraction",)
 
     @classmethod
     def concatenate(cls, parts: list[Examples]) -> Examples:
+        if len({p.inputs for p in parts}) > 1:
+            raise InputError(f"examples of different inputs cannot be trained together: "
+                             f"{sorted({', '.join(p.inputs) for p in parts})}")
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("cubes", "labels", "lesion_mm3",
-                                                                                "studies")))
+                                                                                "studies")), parts[0].inputs)
 
     @classmethod
-    def empty(cls, patch_voxels: int) -> Examples:
-        return cls(np.zeros((0, 1) + (patch_voxels,) * 3, np.float16), np.zeros(0, np.int64), np.zeros(0),
-                   np.array([], dtype=str))
+    def empty(cls, patch_voxels: int, inputs: tuple[str, ...] = ("subtraction",)) -> Examples:
+        return cls(np.zeros((0, len(inputs)) + (patch_voxels,) * 3, np.float16), np.zeros(0, np.int64), np.zeros(0),
+                   np.array([], dtype=str), inputs)
 
     def subset(self, keep: np.ndarray) -> Examples:
-        return Examples(self.cubes[keep], self.labels[keep], self.lesion_mm3[keep], self.studies[keep])
+        return Examples(self.cubes[keep], self.labels[keep], self.lesion_mm3[keep], self.studies[keep], self.inputs)
 
 
 def labelled_peaks(score: np.ndarray, breast: np.ndarray, lesions: np.ndarray, spacing_xyz: tuple[float, ...],
@@ -111,61 +122,83 @@ def labelled_peaks(score: np.ndarray, breast: np.ndarray, lesions: np.ndarray, s
     return peaks, (hit > 0).astype(np.int64), lesion_mm3
 
 
+def example_volumes(subtraction: np.ndarray, pre: np.ndarray | None, inputs: Sequence[str]) -> list[np.ndarray]:
+    """The volumes of a classifier's ``inputs`` (:data:`~..inference.foci.CUBE_INPUTS`) of a study known by its
+    subtraction and, for inputs other than the subtraction, its pre-contrast phase."""
+    check_cube_inputs(inputs)
+    if pre is None:
+        if set(inputs) != {"subtraction"}:
+            raise InputError(f"inputs {', '.join(inputs)} need the study's pre-contrast phase")
+        return [subtraction]
+    return cube_volumes(pre, pre + subtraction if "post" in inputs else None, subtraction, inputs)
+
+
 def study_examples(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray,
                    spacing_xyz: tuple[float, ...], search: FocusSearch, negatives: int, rng: np.random.Generator,
-                   study: str) -> Examples:
-    """One study's examples: its positives and up to ``negatives`` random negatives."""
+                   study: str, pre: np.ndarray | None = None, inputs: Sequence[str] = ("subtraction",)) -> Examples:
+    """One study's examples: its positives and up to ``negatives`` random negatives, as cubes of ``inputs``
+    (``pre``: the study's pre-contrast phase, for inputs other than the subtraction)."""
     score = blob_score(subtraction, breast, spacing_xyz, search)
     peaks, labels, lesion_mm3 = labelled_peaks(score, breast, lesions, spacing_xyz, search)
     negative = np.flatnonzero(labels == 0)
     chosen = np.concatenate([np.flatnonzero(labels == 1),
                              rng.choice(negative, size=min(negatives, len(negative)), replace=False)])
-    cubes = patches(subtraction, peaks[chosen], spacing_xyz, search, *subtraction_scale(subtraction, breast))
-    return Examples(cubes.astype(np.float16), labels[chosen], lesion_mm3[chosen], np.full(len(chosen), study))
+    cubes = study_cubes(example_volumes(subtraction, pre, inputs), breast, peaks[chosen], spacing_xyz, search)
+    return Examples(cubes.astype(np.float16), labels[chosen], lesion_mm3[chosen], np.full(len(chosen), study),
+                    tuple(inputs))
+
+
+def study_cubes(volumes: list[np.ndarray], breast: np.ndarray, centres: np.ndarray, spacing_xyz: tuple[float, ...],
+                search: FocusSearch) -> np.ndarray:
+    """Cubes of ``volumes`` around ``centres``, each volume normalised over the breast as inference does."""
+    scales = [breast_scale(volume, breast) for volume in volumes]
+    return channel_cubes(volumes, scales, centres, spacing_xyz, search)
 
 
 def component_examples(subtraction: np.ndarray, breast: np.ndarray, reference: np.ndarray, probability: np.ndarray,
                        found: np.ndarray, spacing_xyz: tuple[float, ...], search: FocusSearch,
-                       study: str) -> Examples:
+                       study: str, pre: np.ndarray | None = None, inputs: Sequence[str] = ("subtraction",)) -> Examples:
     """The veto's examples of one study: the two cubes of each lesion the lesion network ``found`` (a label map)
     where :func:`~..inference.foci.lesion_veto_scores` centres them, positive when the lesion touches a
     ``reference`` lesion. Blob peaks alone teach the classifier too few of the network's own false positives
-    (enhancing gland and vessels that it outlines slice by slice)."""
+    (enhancing gland and vessels that it outlines slice by slice). ``pre`` and ``inputs`` as for
+    :func:`study_examples`."""
     score = blob_score(subtraction, breast, spacing_xyz, search)
     labels, centres = veto_centres(found, probability, score)
     if not labels:
-        return Examples.empty(search.patch_voxels)
+        return Examples.empty(search.patch_voxels, tuple(inputs))
     reference_labels, _ = ndimage.label(reference > 0, np.ones((3, 3, 3), bool))
     volumes = np.bincount(reference_labels.ravel()) * float(np.prod(spacing_xyz))
     touched = [np.unique(reference_labels[found == label]) for label in labels]
     lesion_mm3 = np.repeat([float(volumes[t[t > 0]].max(initial=0.0)) for t in touched], 2)
-    cubes = patches(subtraction, centres, spacing_xyz, search, *subtraction_scale(subtraction, breast))
+    cubes = study_cubes(example_volumes(subtraction, pre, inputs), breast, centres, spacing_xyz, search)
     return Examples(cubes.astype(np.float16), (lesion_mm3 > 0).astype(np.int64), lesion_mm3,
-                    np.full(len(centres), study))
+                    np.full(len(centres), study), tuple(inputs))
 
 
-def folder_study(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, ...]]:
-    """(subtraction, breast, lesions, spacing) of a case folder."""
+def folder_study(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, ...], np.ndarray]:
+    """(subtraction, breast, lesions, spacing, pre) of a case folder."""
     def array(name: str) -> np.ndarray:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))
-    pre = sitk.ReadImage(str(folder / "pre.nii.gz"))
-    subtraction = array("post.nii.gz").astype(np.float32) - sitk.GetArrayFromImage(pre).astype(np.float32)
-    return subtraction, array("breast.nii.gz") > 0, array("lesions.nii.gz"), pre.GetSpacing()
+    image = sitk.ReadImage(str(folder / "pre.nii.gz"))
+    pre = sitk.GetArrayFromImage(image).astype(np.float32)
+    return (array("post.nii.gz").astype(np.float32) - pre, array("breast.nii.gz") > 0, array("lesions.nii.gz"),
+            image.GetSpacing(), pre)
 
 
 def phantom_studies(seed: int, count: int, config: PhantomConfig = FOCI_PHANTOM) -> Iterator[tuple[str, tuple]]:
-    """(name, (subtraction, breast, lesions, spacing)) of phantom studies drawn in memory."""
+    """(name, (subtraction, breast, lesions, spacing, pre)) of phantom studies drawn in memory."""
     for index in range(count):
         case = generate_case(case_seed(seed, index), config)
         pre = sitk.GetArrayFromImage(case.pre).astype(np.float32)
         yield f"phantom-{seed}-{index}", (sitk.GetArrayFromImage(case.posts[0]).astype(np.float32) - pre,
                                           sitk.GetArrayFromImage(case.breast) > 0,
-                                          sitk.GetArrayFromImage(case.lesions), case.pre.GetSpacing())
+                                          sitk.GetArrayFromImage(case.lesions), case.pre.GetSpacing(), pre)
 
 
 def network_lesion_studies(models: ModelSet, first_seed: int, count: int,
                            shape: Sequence[int] | None = None) -> Iterator[tuple[str, tuple]]:
-    """(name, (subtraction, breast, reference, lesion probability, network lesions, spacing)) of the phantom
+    """(name, (subtraction, breast, reference, lesion probability, network lesions, spacing, pre)) of the phantom
     studies of seeds ``first_seed`` .. ``first_seed + count - 1`` (default settings; ``shape`` for tests), segmented
     by ``models`` without foci, as (z, y, x) arrays in LPS order (as :func:`..inference.pipeline.add_foci` searches
     them)."""
@@ -175,29 +208,33 @@ def network_lesion_studies(models: ModelSet, first_seed: int, count: int,
         pre, post, breast, reference, probability, found = lps_arrays(
             as_float32(case.pre), result.post_aligned, result.breast, case.lesions, result.probability, result.lesions)
         yield f"phantom-{seed}", (post - pre, breast > 0, reference, probability, found,
-                                  reorient(case.pre, "LPS").GetSpacing())
+                                  reorient(case.pre, "LPS").GetSpacing(), pre)
 
 
-def collect_component_examples(studies: Iterable[tuple[str, tuple]], search: FocusSearch) -> Examples:
-    """The veto's examples (:func:`component_examples`) of every study, on the breast's box."""
+def collect_component_examples(studies: Iterable[tuple[str, tuple]], search: FocusSearch,
+                               inputs: Sequence[str] = ("subtraction",)) -> Examples:
+    """The veto's examples (:func:`component_examples`) of every study, on the breast's box, as cubes of
+    ``inputs``."""
     parts = []
-    for name, (subtraction, breast, reference, probability, found, spacing) in studies:
+    for name, (subtraction, breast, reference, probability, found, spacing, pre) in studies:
         if not breast.any():
             continue
         box = breast_box(breast, spacing, search_margin_mm(search))
         parts.append(component_examples(subtraction[box], breast[box], reference[box], probability[box], found[box],
-                                        spacing, search, name))
+                                        spacing, search, name, None if pre is None else pre[box], inputs))
         log.info("%s: %d network lesions, %d true", name, len(parts[-1].labels) // 2, parts[-1].labels.sum() // 2)
-    return Examples.concatenate(parts) if parts else Examples.empty(search.patch_voxels)
+    return Examples.concatenate(parts) if parts else Examples.empty(search.patch_voxels, tuple(inputs))
 
 
 def collect_examples(studies: Iterable[tuple[str, tuple]], search: FocusSearch, negatives: int = 80,
-                     seed: int = 0) -> Examples:
-    """The examples of every study, one after the other (the negatives drawn with one generator of ``seed``)."""
+                     seed: int = 0, inputs: Sequence[str] = ("subtraction",)) -> Examples:
+    """The examples of every study, one after the other (the negatives drawn with one generator of ``seed``), as
+    cubes of ``inputs``."""
     rng = np.random.default_rng(seed)
     parts = []
-    for name, (subtraction, breast, lesions, spacing) in studies:
-        parts.append(study_examples(subtraction, breast, lesions, spacing, search, negatives, rng, name))
+    for name, (subtraction, breast, lesions, spacing, pre) in studies:
+        parts.append(study_examples(subtraction, breast, lesions, spacing, search, negatives, rng, name, pre,
+                                    inputs))
         log.info("%s: %d examples, %d positive", name, len(parts[-1].labels), parts[-1].labels.sum())
     return Examples.concatenate(parts)
 
@@ -272,14 +309,18 @@ def train_classifier(examples: Examples, card: ModelCard, epochs: int, seed: int
                      learning_rate: float = 2e-3) -> tuple[torch.nn.Module, dict]:
     """Train ``card``'s network (or go on training ``initial``) on ``examples`` and ``components`` (each of these
     seen ``component_repeats`` times per epoch), an eighth of the studies of each held out; return it and the
-    history."""
+    history. The examples must show the card's inputs."""
+    for given in [examples] + ([components] if components is not None else []):
+        if list(given.inputs) != list(card.inputs):
+            raise InputError(f"the examples show {', '.join(given.inputs)} but the classifier's card takes "
+                             f"{', '.join(card.inputs)}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     examples = capped_positives(examples, rng)
     held_out = held_out_studies(examples.studies, rng)
     validation = np.array([s in held_out for s in examples.studies])
     train, val = examples.subset(~validation), examples.subset(validation)
-    components = components if components is not None else Examples.empty(examples.cubes.shape[-1])
+    components = components if components is not None else Examples.empty(examples.cubes.shape[-1], examples.inputs)
     held_out_components = held_out_studies(components.studies, rng) if len(components.labels) else set()
     component_validation = np.array([s in held_out_components for s in components.studies], dtype=bool)
     val_components = components.subset(component_validation)
@@ -322,14 +363,16 @@ def save_examples(examples: Examples, path: str | Path) -> None:
     """Write the examples as one .npz file, whole or not at all."""
     with atomic_output_file(path) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, cubes=examples.cubes, labels=examples.labels, lesion_mm3=examples.lesion_mm3,
-                 studies=examples.studies)
+                 studies=examples.studies, inputs=np.array(examples.inputs))
 
 
 def load_examples(paths: Iterable[str | Path]) -> Examples:
+    """Saved examples (files written before they recorded their inputs hold subtraction cubes)."""
     parts = []
     for path in paths:
         with np.load(path) as saved:
-            parts.append(Examples(saved["cubes"], saved["labels"], saved["lesion_mm3"], saved["studies"]))
+            inputs = tuple(str(name) for name in saved["inputs"]) if "inputs" in saved else ("subtraction",)
+            parts.append(Examples(saved["cubes"], saved["labels"], saved["lesion_mm3"], saved["studies"], inputs))
     return Examples.concatenate(parts)
 
 
@@ -359,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="train: saved veto examples files (--components)")
     parser.add_argument("--component-repeats", type=int, default=1,
                         help="train: times each veto example is seen per epoch (default 1)")
+    parser.add_argument("--inputs", nargs="+", default=FOCI_CARD.inputs, choices=CUBE_INPUTS,
+                        help="collect: the volumes the cubes show, one channel each (default: subtraction); a new "
+                             "classifier takes the inputs of its examples")
     parser.add_argument("--init", help="train: go on training the classifier of this card instead of a new one")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
     parser.add_argument("--epochs", type=int, default=16)
@@ -368,22 +414,24 @@ def main(argv: list[str] | None = None) -> int:
     search = FocusSearch.from_dict(FOCI_CARD.preprocessing)
     if args.save and args.components:
         studies = network_lesion_studies(load_models(args.components, "cpu"), *args.phantom_seeds)
-        save_examples(collect_component_examples(studies, search), args.save)
+        save_examples(collect_component_examples(studies, search, args.inputs), args.save)
         return 0
     if args.save:
         studies = ((str(f), folder_study(f)) for f in case_folders(args.cases))
         config = replace(FOCI_PHANTOM, fat_sat_probability=args.fat_sat_probability)
         generated = phantom_studies(*args.phantom, config) if args.phantom else iter(())
-        save_examples(collect_examples(itertools.chain(studies, generated), search, seed=args.seed), args.save)
+        save_examples(collect_examples(itertools.chain(studies, generated), search, seed=args.seed,
+                                       inputs=args.inputs), args.save)
         return 0
     if args.components or not (args.examples and args.out):
         parser.error("give --save to collect examples (with --components: the veto's), or --examples and --out to "
                      "train")
-    card, initial = FOCI_CARD, None
+    examples = load_examples(args.examples)
+    card, initial = replace(FOCI_CARD, inputs=list(examples.inputs)), None
     if args.init:
         initial, card = load_model(args.init)
     components = load_examples(args.component_examples) if args.component_examples else None
-    network, report = train_classifier(load_examples(args.examples), card, args.epochs, components=components,
+    network, report = train_classifier(examples, card, args.epochs, components=components,
                                        component_repeats=args.component_repeats, initial=initial,
                                        learning_rate=args.learning_rate)
     print(save_model(network, replace(card, training={"epochs": args.epochs, **report}), args.out))
