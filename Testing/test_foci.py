@@ -633,7 +633,8 @@ def test_the_pipeline_gives_a_foci_card_the_inputs_it_names_and_refuses_others(t
     post[20, 20, 5] = 3000.0
     assert segment_images(pre, post, models).network_inputs["foci"][1:] == (2, 32, 32, 32)
     saved = ModelCard.from_json(folder / "foci_classifier.json").to_dict()
-    (folder / "foci_classifier.json").write_text(__import__("json").dumps({**saved, "inputs": ["subtraction", "enhancement"]}))
+    saved["inputs"] = ["subtraction", "enhancement"]
+    (folder / "foci_classifier.json").write_text(__import__("json").dumps(saved))
     with pytest.raises(InputError, match="foci classifier's inputs must be among .*; got enhancement"):
         load_models(folder, "cpu")
 

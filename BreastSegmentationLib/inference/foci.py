@@ -161,9 +161,10 @@ def check_cube_inputs(inputs: Sequence[str], source: object = None) -> None:
                          f"{', '.join(unknown)}", source)
 
 
-def cube_volumes(pre: np.ndarray, post: np.ndarray, subtraction: np.ndarray,
+def cube_volumes(pre: np.ndarray, post: np.ndarray | None, subtraction: np.ndarray,
                  inputs: Sequence[str]) -> list[np.ndarray]:
-    """The volumes of a foci card's ``inputs`` (:data:`CUBE_INPUTS`), in their order, from arrays of one grid."""
+    """The volumes of a foci card's ``inputs`` (:data:`CUBE_INPUTS`), in their order, from arrays of one grid
+    (``post`` may be None when they do not name it)."""
     check_cube_inputs(inputs)
     volumes = {"subtraction": subtraction, "pre": pre, "post": post}
     return [volumes[name] for name in inputs]

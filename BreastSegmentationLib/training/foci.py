@@ -44,13 +44,13 @@ from scipy import ndimage
 from ..data.phantom import PhantomConfig, case_seed, generate_case
 from ..errors import InputError
 from ..inference.foci import (
+    CUBE_INPUTS,
     FocusSearch,
     blob_score,
     breast_box,
     breast_scale,
     candidate_peaks,
     channel_cubes,
-    CUBE_INPUTS,
     check_cube_inputs,
     classify,
     cube_volumes,
@@ -156,8 +156,8 @@ def study_cubes(volumes: list[np.ndarray], breast: np.ndarray, centres: np.ndarr
 
 
 def component_examples(subtraction: np.ndarray, breast: np.ndarray, reference: np.ndarray, probability: np.ndarray,
-                       found: np.ndarray, spacing_xyz: tuple[float, ...], search: FocusSearch,
-                       study: str, pre: np.ndarray | None = None, inputs: Sequence[str] = ("subtraction",)) -> Examples:
+                       found: np.ndarray, spacing_xyz: tuple[float, ...], search: FocusSearch, study: str,
+                       pre: np.ndarray | None = None, inputs: Sequence[str] = ("subtraction",)) -> Examples:
     """The veto's examples of one study: the two cubes of each lesion the lesion network ``found`` (a label map)
     where :func:`~..inference.foci.lesion_veto_scores` centres them, positive when the lesion touches a
     ``reference`` lesion. Blob peaks alone teach the classifier too few of the network's own false positives
