@@ -16,6 +16,7 @@ from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.io.dicom import NO_POST, NO_PRE, StudyDiscovery, discover_study, read_phase
 from BreastSegmentationLib.io.dicom_write import CONVENTIONS, EXTRAS, write_dce_study
+from BreastSegmentationLib.io.images import read_volume
 
 CONVENTION_NAMES = tuple(CONVENTIONS)
 
@@ -45,7 +46,11 @@ def _matches(image: sitk.Image, expected: sitk.Image, tolerance: float) -> bool:
 
 
 def _slope(series_files: tuple[Path, ...]) -> float:
-    return float(pydicom.dcmread(series_files[0], stop_before_pixels=True).RescaleSlope)
+    """The rescale slope a series was written with: classic, or shared by an enhanced file's frames."""
+    dataset = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+    if "SharedFunctionalGroupsSequence" in dataset:
+        return float(dataset.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleSlope)
+    return float(dataset.RescaleSlope)
 
 
 def _which_phase(discovered, phases: list[sitk.Image]) -> int:
@@ -174,8 +179,9 @@ def test_multiphase_series_with_a_truncated_slice_keeps_its_complete_phases(tmp_
     assert [(phase.classification, phase.n_slices) for phase in found.others] == [("other MR", 5)]
 
 
-def test_read_phase_returns_written_geometry_and_values(tmp_path, phases):
-    found = discover_study(write_dce_study(tmp_path / "study", phases, "ge_multiphase"))
+@pytest.mark.parametrize("convention", ["ge_multiphase", "philips_enhanced", "siemens_xa"])
+def test_read_phase_returns_written_geometry_and_values(tmp_path, phases, convention):
+    found = discover_study(write_dce_study(tmp_path / "study", phases, convention))
     image = read_phase(found.posts[1])
     expected = phases[2]
     assert image.GetDimension() == 3 and image.GetSize() == expected.GetSize()
@@ -185,6 +191,76 @@ def test_read_phase_returns_written_geometry_and_values(tmp_path, phases):
     np.testing.assert_allclose(image.GetDirection(), expected.GetDirection(), atol=1e-6)
     assert _matches(image, expected, _slope(found.posts[1].files) / 2 + 1e-3)
     assert not _matches(image, phases[1], 10.0)
+
+
+def _shuffle_frames_with_own_rescale(path: Path, seed: int) -> None:
+    """Rewrite an enhanced file with its frames in random order, each frame's stored values shifted down to 0 and
+    its own intercept raised to match: the same real values, found only by following each frame's groups."""
+    dataset = pydicom.dcmread(path)
+    stored = dataset.pixel_array.astype(np.int64)
+    shared = dataset.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    slope, intercept = float(shared.RescaleSlope), float(shared.RescaleIntercept)
+    order = np.random.default_rng(seed).permutation(len(stored))
+    frames = [dataset.PerFrameFunctionalGroupsSequence[index] for index in order]
+    shifted = []
+    for frame, values in zip(frames, stored[order]):
+        transform = pydicom.Dataset()
+        transform.RescaleSlope = f"{slope:.8g}"
+        transform.RescaleIntercept = f"{intercept + slope * values.min():.10g}"
+        frame.PixelValueTransformationSequence = pydicom.Sequence([transform])
+        shifted.append(values - values.min())
+    dataset.PerFrameFunctionalGroupsSequence = pydicom.Sequence(frames)
+    dataset.PixelData = np.asarray(shifted, dtype="<u2").tobytes()
+    dataset.save_as(path)
+
+
+def test_enhanced_frames_in_any_order_with_their_own_rescale_read_as_written(tmp_path, phases):
+    study = write_dce_study(tmp_path / "study", phases, "philips_enhanced")
+    (path,) = study.rglob("*.dcm")
+    _shuffle_frames_with_own_rescale(path, seed=3)
+    found = discover_study(study)
+    assert [phase.uid.rsplit("#", 1)[1] for phase in (found.pre, *found.posts)] == ["phase1", "phase2", "phase3",
+                                                                                    "phase4"]
+    assert "phase 1 of 4 in one series, split by TemporalPositionIndex" in found.pre.reasons
+    assert "TemporalPositionIndex 1 (+1)" in found.pre.reasons
+    for phase, expected in zip((found.pre, *found.posts), phases):
+        image = read_phase(phase)
+        np.testing.assert_allclose(image.GetOrigin(), expected.GetOrigin(), atol=1e-5)
+        np.testing.assert_allclose(image.GetDirection(), expected.GetDirection(), atol=1e-6)
+        assert _matches(image, expected, _slope(phase.files) / 2 + 1e-3)
+
+
+def test_a_folder_of_one_enhanced_file_reads_as_one_volume_unless_it_holds_several_phases(tmp_path, phases):
+    one_per_phase = write_dce_study(tmp_path / "xa", phases[:2], "siemens_xa")
+    pre_folder = next(one_per_phase.glob("0005_*"))
+    image = read_volume(pre_folder)
+    np.testing.assert_allclose(image.GetSpacing(), phases[0].GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(image.GetOrigin(), phases[0].GetOrigin(), atol=1e-5)
+    assert _matches(image, phases[0], _slope(tuple(pre_folder.glob("*.dcm"))) / 2 + 1e-3)
+    every_phase = write_dce_study(tmp_path / "philips", phases, "philips_enhanced")
+    with pytest.raises(InputError, match="one multi-frame file holds 4 phases.*segment --dicom"):
+        read_volume(next(every_phase.glob("0005_*")))
+
+
+def test_enhanced_file_cut_after_discovery_is_an_input_error_naming_it(tmp_path, phases):
+    study = write_dce_study(tmp_path / "study", phases[:2], "siemens_xa")
+    found = discover_study(study)
+    (path,) = found.first_post.files[:1]
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(InputError, match="cannot read series 6") as raised:
+        read_phase(found.first_post)
+    assert str(path) in str(raised.value)
+
+
+def test_enhanced_file_with_groups_for_fewer_frames_is_ignored_with_a_warning(tmp_path, phases, caplog):
+    study = write_dce_study(tmp_path / "study", phases[:2], "siemens_xa")
+    path = next(next(study.glob("0006_*")).glob("*.dcm"))
+    dataset = pydicom.dcmread(path)
+    del dataset.PerFrameFunctionalGroupsSequence[-1]
+    dataset.save_as(path)
+    found = discover_study(study)
+    assert f"{path}: per-frame functional groups for 5 of 6 frames: ignored" in caplog.text
+    assert found.missing == [NO_POST]
 
 
 def test_writer_is_reproducible(tmp_path, phases):

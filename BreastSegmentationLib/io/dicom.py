@@ -4,11 +4,13 @@ How :func:`discover_study` decides (every decision keeps its reasons, no single 
 
 1. Walk the folder at any depth and read each file up to its pixel data (pydicom, ``stop_before_pixels``,
    ``force`` off). DICOMDIR index files are skipped; files that are not DICOM, unreadable or truncated files are
-   ignored with a warning.
+   ignored with a warning. An enhanced (multi-frame) image, as Siemens XA and Philips scanners export, counts as
+   one slice per frame, with each frame's position, orientation, spacing, temporal position and time taken from
+   its functional groups.
 2. Group the slices by SeriesInstanceUID. A series holding several phases is split into phases ("virtual series"
-   ``<SeriesInstanceUID>#phase<N>``) by TemporalPositionIdentifier or, when slice positions repeat, by TriggerTime,
-   AcquisitionTime or AcquisitionNumber: the first that gives as many groups as a position repeats, none of them
-   with a repeated position.
+   ``<SeriesInstanceUID>#phase<N>``) by TemporalPositionIdentifier (TemporalPositionIndex for an enhanced image's
+   frames) or, when slice positions repeat, by TriggerTime, AcquisitionTime or AcquisitionNumber: the first that
+   gives as many groups as a position repeats, none of them with a repeated position.
 3. Set aside what is not a DCE phase, with its class: non-images by Modality (SEG, SR, PR, ...), secondary captures
    by SOP class, localisers (ImageType LOCALIZER or words such as "loc", "survey", "scout"), subtractions (ImageType
    SUBTRACTION, words "sub", "subtraction"), other contrasts by words (T2, STIR, diffusion, ADC, calibration, MIP) or
@@ -44,12 +46,13 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pydicom
+import pydicom.pixels
 import SimpleITK as sitk
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
@@ -199,6 +202,7 @@ class _Slice:
     contrast_agent: str
     sequence: tuple[float | None, ...]  #: RepetitionTime, EchoTime, FlipAngle
     b_value: float | None
+    frame: int | None = None  #: the frame's number (from 0) in an enhanced multi-frame file; None for a single slice
 
     @classmethod
     def of(cls, path: Path, dataset: pydicom.Dataset) -> _Slice:
@@ -233,6 +237,51 @@ class _Slice:
             sequence=(_float(dataset, "RepetitionTime"), _float(dataset, "EchoTime"), _float(dataset, "FlipAngle")),
             b_value=_float(dataset, "DiffusionBValue"),
         )
+
+    @classmethod
+    def frames_of(cls, path: Path, dataset: pydicom.Dataset) -> list[_Slice]:
+        """One slice per frame of an enhanced multi-frame image: where the classic tags sit in the file's
+        functional groups (the frame's own, else the shared ones), the frame's values replace the file's."""
+        whole = cls.of(path, dataset)
+        frames = []
+        for number, groups in enumerate(dataset.PerFrameFunctionalGroupsSequence):
+            timing = _functional_group(dataset, groups, "MRTimingAndRelatedParametersSequence")
+            echo = _functional_group(dataset, groups, "MREchoSequence")
+            content = _functional_group(dataset, groups, "FrameContentSequence")
+            sequence = (_float(timing, "RepetitionTime"), _float(echo, "EffectiveEchoTime"),
+                        _float(timing, "FlipAngle"))
+            temporal_position = _int(content, "TemporalPositionIndex")
+            frames.append(replace(
+                whole, instance_uid=f"{whole.instance_uid}#frame{number + 1}", frames=1, frame=number,
+                position=_floats(_functional_group(dataset, groups, "PlanePositionSequence"),
+                                 "ImagePositionPatient", 3),
+                orientation=_floats(_functional_group(dataset, groups, "PlaneOrientationSequence"),
+                                    "ImageOrientationPatient", 6),
+                pixel_spacing=_floats(_functional_group(dataset, groups, "PixelMeasuresSequence"), "PixelSpacing", 2),
+                acquisition_time=_moment(content, "FrameAcquisition") or whole.acquisition_time,
+                temporal_position=whole.temporal_position if temporal_position is None else temporal_position,
+                sequence=tuple(mine if mine is not None else file_wide
+                               for mine, file_wide in zip(sequence, whole.sequence))))
+        return frames
+
+
+def _functional_group(dataset: pydicom.Dataset, frame: pydicom.Dataset | None, keyword: str) -> pydicom.Dataset:
+    """The item of the functional group ``keyword`` that applies to one frame of an enhanced image: the frame's own
+    (``frame``: its item of the per-frame functional groups), else the shared one; an empty dataset when neither
+    has it."""
+    shared = _value(dataset, "SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
+    for groups in (frame or pydicom.Dataset(), shared[0]):
+        items = _value(groups, keyword)
+        if items:
+            return items[0]
+    return pydicom.Dataset()
+
+
+def _is_enhanced_image(dataset: pydicom.Dataset) -> bool:
+    """An enhanced (multi-frame) image whose frames are slices, such as Enhanced MR; not a DICOM SEG's frames."""
+    return ((_int(dataset, "NumberOfFrames") or 1) > 1
+            and _value(dataset, "PerFrameFunctionalGroupsSequence") is not None
+            and _text(dataset, "Modality").upper() not in _NON_IMAGE_MODALITIES)
 
 
 class _Ignored(Exception):
@@ -271,7 +320,8 @@ def _truncation(dataset: pydicom.Dataset, handle: BinaryIO, file_size: int) -> s
     return f"{missing} bytes of pixel data missing" if missing > 0 else None
 
 
-def _read_slice(path: Path) -> _Slice:
+def _read_slices_of(path: Path) -> list[_Slice]:
+    """The slices of one file: itself, or each frame of an enhanced multi-frame image."""
     try:
         with path.open("rb") as handle:
             dataset = pydicom.dcmread(handle, stop_before_pixels=True)
@@ -286,7 +336,12 @@ def _read_slice(path: Path) -> _Slice:
         raise _Ignored("DICOMDIR (an index, not an image)", quiet=True)
     if not _text(dataset, "SeriesInstanceUID"):
         raise _Ignored("DICOM file without SeriesInstanceUID")
-    return _Slice.of(path, dataset)
+    if not _is_enhanced_image(dataset):
+        return [_Slice.of(path, dataset)]
+    frames = len(dataset.PerFrameFunctionalGroupsSequence)
+    if frames != _int(dataset, "NumberOfFrames"):
+        raise _Ignored(f"per-frame functional groups for {frames} of {_int(dataset, 'NumberOfFrames')} frames")
+    return _Slice.frames_of(path, dataset)
 
 
 def _read_slices(folder: Path, progress: Progress, warnings: list[str]) -> tuple[list[_Slice], int]:
@@ -296,17 +351,17 @@ def _read_slices(folder: Path, progress: Progress, warnings: list[str]) -> tuple
     not_dicom: list[str] = []
     for path in progress.track(paths, "reading DICOM headers"):
         try:
-            item = _read_slice(path)
+            items = _read_slices_of(path)
         except _Ignored as ignored:
             if ignored.quiet:
                 not_dicom.append(path.relative_to(folder).as_posix())
             else:
                 _warn(warnings, f"{path}: {ignored}: ignored")
             continue
-        if item.instance_uid in slices:
-            _warn(warnings, f"{path}: same SOPInstanceUID as {slices[item.instance_uid].path}: ignored")
+        if items[0].instance_uid in slices:
+            _warn(warnings, f"{path}: same SOPInstanceUID as {slices[items[0].instance_uid].path}: ignored")
             continue
-        slices[item.instance_uid] = item
+        slices.update((item.instance_uid, item) for item in items)
     if not_dicom and slices:
         shown = ", ".join(not_dicom[:5]) + (", ..." if len(not_dicom) > 5 else "")
         _warn(warnings, f"ignored {len(not_dicom)} file(s) that are not DICOM images: {shown}")
@@ -343,7 +398,7 @@ class PhaseGeometry:
 
 def _ordered_geometry(slices: Sequence[_Slice]) -> tuple[list[_Slice], PhaseGeometry | None, str | None, str | None]:
     """Slices sorted along the slice normal, their grid, why there is no grid, and a warning (uneven spacing)."""
-    by_instance = sorted(slices, key=lambda item: (item.instance_number or 0, item.path))
+    by_instance = sorted(slices, key=lambda item: (item.instance_number or 0, item.path, item.frame or 0))
     first = by_instance[0]
     if len(slices) == 1 and first.frames > 1:
         return by_instance, None, f"a multi-frame object ({first.frames} frames in one file)", None
@@ -368,6 +423,11 @@ def _ordered_geometry(slices: Sequence[_Slice]) -> tuple[list[_Slice], PhaseGeom
     return ordered, geometry, None, uneven
 
 
+def _temporal_tag(frame: int | None) -> str:
+    """Where a slice's temporal position comes from: an enhanced image's frames carry it in their Frame Content."""
+    return "TemporalPositionIdentifier" if frame is None else "TemporalPositionIndex"
+
+
 def _split_phases(slices: list[_Slice]) -> tuple[list[list[_Slice]], str | None]:
     """The phases of one series and the tag that separated them (None: one phase)."""
     positions = [None if item.position is None else tuple(np.round(item.position, 2)) for item in slices]
@@ -377,8 +437,9 @@ def _split_phases(slices: list[_Slice]) -> tuple[list[list[_Slice]], str | None]
     temporal = {item.temporal_position for item in slices}
     if unique_positions == len(slices) and (len(temporal) < 2 or None in temporal):
         return [slices], None
+    temporal_tag = _temporal_tag(slices[0].frame)
     keys: tuple[tuple[str, Callable[[_Slice], object]], ...] = (
-        ("TemporalPositionIdentifier", lambda item: item.temporal_position),
+        (temporal_tag, lambda item: item.temporal_position),
         ("TriggerTime", lambda item: item.trigger_time),
         ("AcquisitionTime", lambda item: item.acquisition_time),
         ("AcquisitionNumber", lambda item: item.acquisition_number),
@@ -393,7 +454,7 @@ def _split_phases(slices: list[_Slice]) -> tuple[list[list[_Slice]], str | None]
             groups.setdefault(value, []).append(index)
         distinct = all(len({positions[index] for index in indices}) == len(indices) for indices in groups.values())
         # As many groups as a position repeats: rules out a tag that differs per slice (one group per slice).
-        if distinct and (len(groups) == repeats or label == "TemporalPositionIdentifier"):
+        if distinct and (len(groups) == repeats or label == temporal_tag):
             return [[slices[index] for index in groups[value]] for value in sorted(groups)], label
     return [slices], None
 
@@ -421,6 +482,7 @@ class SeriesInfo:
     series_number: int | None
     image_type: tuple[str, ...]
     files: tuple[Path, ...]  #: sorted along the slice normal when the phase is a volume
+    frames: tuple[int | None, ...]  #: for each of ``files``, the frame it holds (None: the whole single-frame file)
     n_slices: int
     acquisition_time: float | None
     content_time: float | None
@@ -445,6 +507,7 @@ class SeriesInfo:
             uid=uid, series_uid=first.series_uid, study_uid=first.study_uid, description=first.description,
             modality=first.modality, sop_class_uid=first.sop_class_uid, series_number=first.series_number,
             image_type=first.image_type, files=tuple(item.path for item in ordered),
+            frames=tuple(item.frame for item in ordered),
             n_slices=sum(item.frames for item in ordered),
             acquisition_time=_earliest([item.acquisition_time for item in ordered]),
             content_time=_earliest([item.content_time for item in ordered]),
@@ -626,10 +689,11 @@ def _pre_evidence(rank: int, ordered: list[SeriesInfo], order: str) -> list[tupl
         evidence.append((1, "no ContrastBolusAgent while a later phase has one"))
     elif phase.contrast_agent and (count == 1 or not all(agents[:rank])):
         evidence.append((-1, f"ContrastBolusAgent '{phase.contrast_agent}'"))
+    temporal_tag = _temporal_tag(phase.frames[0])
     if phase.temporal_position == 1:
-        evidence.append((1, "TemporalPositionIdentifier 1"))
+        evidence.append((1, f"{temporal_tag} 1"))
     elif phase.temporal_position is not None and phase.temporal_position > 1:
-        evidence.append((-2, f"TemporalPositionIdentifier {phase.temporal_position}"))
+        evidence.append((-2, f"{temporal_tag} {phase.temporal_position}"))
     return evidence
 
 
@@ -766,6 +830,8 @@ def read_phase(series: SeriesInfo) -> sitk.Image:
     """
     if series.geometry is None:
         raise InputError(f"{series.label} is not a 3-D volume: {series.geometry_problem}", series.files[0].parent)
+    if any(frame is not None for frame in series.frames):
+        return _read_frames(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in series.files])
     try:
@@ -773,3 +839,61 @@ def read_phase(series: SeriesInfo) -> sitk.Image:
     except RuntimeError as error:
         raise InputError(f"cannot read {series.label}: {error}", series.files[0].parent) from error
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def is_enhanced_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an enhanced multi-frame DICOM image (frames as slices), which SimpleITK reads as 4-D."""
+    try:
+        return _is_enhanced_image(pydicom.dcmread(path, stop_before_pixels=True))
+    except Exception:  # pydicom raises many types on corrupt files; such a file is no enhanced image to read here
+        return False
+
+
+def read_enhanced_volume(path: str | os.PathLike) -> sitk.Image:
+    """The one 3-D volume of an enhanced multi-frame file (a series exported as one file), as :func:`read_phase`
+    reads it; a file whose frames hold several phases is refused, naming the command that picks one."""
+    path = Path(path)
+    try:
+        slices = _read_slices_of(path)
+    except _Ignored as ignored:
+        raise InputError(str(ignored), path) from None
+    phases = _phases(slices, [])
+    if len(phases) > 1:
+        raise InputError(f"one multi-frame file holds {len(phases)} phases, one volume is needed; "
+                         f"'breastseg segment --dicom {path.parent}' picks the pre- and post-contrast phases", path)
+    return read_phase(phases[0])
+
+
+def _read_frames(series: SeriesInfo) -> sitk.Image:
+    """A phase made of frames of enhanced multi-frame files: each frame's stored values through its own rescale
+    (the Pixel Value Transformation functional group), on the phase's grid.
+
+    Written here because SimpleITK (GDCM) reads a multi-frame file as one volume of all its frames, so a file that
+    holds every phase of a dynamic series cannot be read one phase at a time; pydicom decodes only the frames asked
+    for.
+    """
+    geometry = series.geometry
+    volume = np.empty((len(series.files), geometry.rows, geometry.columns), np.float32)
+    by_file: dict[Path, list[tuple[int, int]]] = {}
+    for slot, (path, frame) in enumerate(zip(series.files, series.frames)):
+        by_file.setdefault(path, []).append((slot, frame or 0))
+    for path, wanted in by_file.items():
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            per_frame = _value(header, "PerFrameFunctionalGroupsSequence")
+            stored = pydicom.pixels.iter_pixels(path, indices=[frame for _, frame in wanted])
+            for (slot, frame), values in zip(wanted, stored, strict=True):
+                transform = _functional_group(header, per_frame[frame] if per_frame else None,
+                                              "PixelValueTransformationSequence")
+                slope, intercept = (next((value for value in (_float(transform, keyword), _float(header, keyword))
+                                          if value is not None), default)
+                                    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
+                volume[slot] = values * slope + intercept
+        except Exception as error:  # pydicom raises many types on undecodable pixel data; name the file instead
+            raise InputError(f"cannot read {series.label}: {type(error).__name__}: {error}", path) from error
+    row, column = np.array(geometry.orientation[:3]), np.array(geometry.orientation[3:])
+    image = sitk.GetImageFromArray(volume)
+    image.SetOrigin(geometry.origin)
+    image.SetSpacing((geometry.pixel_spacing[1], geometry.pixel_spacing[0], geometry.slice_spacing))
+    image.SetDirection(tuple(np.column_stack([row, column, np.cross(row, column)]).ravel()))
+    return image

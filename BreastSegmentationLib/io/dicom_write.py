@@ -1,15 +1,21 @@
 """Synthetic DICOM DCE-MRI studies, written the way the main vendors write them.
 
 Tests and the phantom generator call :func:`write_dce_study` to get studies that exercise the discovery in
-:mod:`.dicom`. Every image is one file per slice (classic MR Image Storage, explicit VR little endian), pixels are
-12-bit unsigned with a RescaleSlope/RescaleIntercept shared by all DCE phases (so that phases stay comparable),
-and the geometry comes from each SimpleITK image (LPS, as DICOM). Conventions (:data:`CONVENTIONS`):
+:mod:`.dicom`. Every image is one file per slice (classic MR Image Storage, explicit VR little endian), except the
+DCE phases of the enhanced conventions, pixels are 12-bit unsigned with a RescaleSlope/RescaleIntercept shared by
+all DCE phases (so that phases stay comparable), and the geometry comes from each SimpleITK image (LPS, as DICOM).
+Conventions (:data:`CONVENTIONS`):
 
 - ``ge_multiphase``: one series holding every phase ("Ax Vibrant MultiPhase") with TemporalPositionIdentifier,
   NumberOfTemporalPositions and TriggerTime; ContrastBolusAgent on every file, as GE copies it from the protocol.
 - ``siemens``: one series per phase, "ax dyn pre", "ax dyn 1st pass", ...; agent on the posts only.
 - ``siemens_twist``: one series per phase, agent on every phase, time in the description ("..._TT=23.4s").
 - ``philips``: one series per phase, all named "Dyn_eTHRIVE", with temporal positions; agent on the posts only.
+- ``siemens_xa``: as ``siemens``, each phase one Enhanced MR file (multi-frame), as syngo XA scanners export.
+- ``philips_enhanced``: every phase in one Enhanced MR file, frames told apart by their TemporalPositionIndex.
+
+An Enhanced MR file here holds what discovery reads of the standard's functional groups: spacing, orientation,
+rescale and sequence timing shared; each frame's position, acquisition time and temporal position.
 
 Decoys (:data:`EXTRAS`): "t2" (same grid, T2 sequence), "localizer" (three orthogonal slices), "seg" (a minimal
 DICOM SEG of the enhancing region), "subtraction" (post1 - pre, DERIVED/SUBTRACTION, agent set, post1's time),
@@ -32,6 +38,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
@@ -65,6 +72,7 @@ class VendorConvention:
     echo_ms: float
     flip_deg: float
     field_t: float
+    multi_frame: bool = False  #: each series one Enhanced MR file, its slices (of every phase it holds) as frames
     extra_descriptions: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -96,6 +104,16 @@ CONVENTIONS: dict[str, VendorConvention] = {
         single_series=False, temporal_positions=True, trigger_times=False, agent_on_pre=False, agent="Gadovist",
         phase_interval_s=60.0, first_phase_s=0.0, repetition_ms=4.4, echo_ms=2.2, flip_deg=10.0, field_t=1.5,
         extra_descriptions=_PHILIPS_EXTRAS),
+    "siemens_xa": VendorConvention(
+        "SIEMENS", "MAGNETOM Vida", "ax dyn pre", "ax dyn {ordinal} pass",
+        single_series=False, temporal_positions=False, trigger_times=False, agent_on_pre=False, agent="Gadovist",
+        phase_interval_s=75.0, first_phase_s=0.0, repetition_ms=4.6, echo_ms=1.8, flip_deg=10.0, field_t=3.0,
+        multi_frame=True, extra_descriptions=_SIEMENS_EXTRAS),
+    "philips_enhanced": VendorConvention(
+        "Philips Medical Systems", "Ingenia Elition", "Dyn_eTHRIVE", "Dyn_eTHRIVE",
+        single_series=True, temporal_positions=True, trigger_times=False, agent_on_pre=False, agent="Dotarem",
+        phase_interval_s=60.0, first_phase_s=0.0, repetition_ms=4.2, echo_ms=2.1, flip_deg=10.0, field_t=3.0,
+        multi_frame=True, extra_descriptions=_PHILIPS_EXTRAS),
 }
 
 #: Seconds after STUDY_START at which each kind of series is acquired.
@@ -264,6 +282,42 @@ class _StudyWriter:
             _set_pixels(dataset, stored[index], scale)
             self.save(dataset, series)
 
+    def write_frames(self, phases: Sequence[tuple[Dataset, sitk.Image]], scale: _Scale) -> None:
+        """One Enhanced MR file holding the slices of ``phases`` (their series tags and image, one grid) as frames,
+        phase after phase: the first phase's series tags, the agent of any phase, and the classic per-slice tags
+        moved into functional groups."""
+        first, image = phases[0]
+        grid = _Grid.of(image)
+        dataset = _copy(first)
+        dataset.SOPClassUID = EnhancedMRImageStorage
+        dataset.SOPInstanceUID = self.uid("instance", first.SeriesInstanceUID, 1)
+        dataset.InstanceNumber = 1
+        agents = [series.ContrastBolusAgent for series, _ in phases if "ContrastBolusAgent" in series]
+        if agents:
+            dataset.ContrastBolusAgent = agents[0]
+        for keyword in ("AcquisitionDate", "AcquisitionTime", "TriggerTime", "TemporalPositionIdentifier",
+                        "RepetitionTime", "EchoTime", "FlipAngle"):
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        dataset.AcquisitionDateTime = first.AcquisitionDate + first.AcquisitionTime
+        shared = _shared_geometry(grid)
+        transform, timing, echo = Dataset(), Dataset(), Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept = _decimal(scale.slope), _decimal(scale.intercept)
+        transform.RescaleType = "US"
+        timing.RepetitionTime, timing.FlipAngle = first.RepetitionTime, first.FlipAngle
+        echo.EffectiveEchoTime = first.EchoTime
+        shared.PixelValueTransformationSequence = DicomSequence([transform])
+        shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
+        shared.MREchoSequence = DicomSequence([echo])
+        dataset.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        dataset.PerFrameFunctionalGroupsSequence = DicomSequence(
+            [_mr_frame(series, grid.position(index), index) for series, _ in phases for index in range(grid.slices)])
+        stored = np.concatenate([scale.stored(sitk.GetArrayFromImage(image).astype(np.float64))
+                                 for _, image in phases])
+        dataset.NumberOfFrames = len(stored)
+        _set_pixel_data(dataset, stored)
+        self.save(dataset, first)
+
     def save(self, dataset: Dataset, series: Dataset) -> None:
         folder = self.folder / f"{int(series.SeriesNumber):04d}_{_slug(series.SeriesDescription)}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -281,20 +335,52 @@ def _copy(dataset: Dataset) -> Dataset:
     return copied
 
 
-def _set_pixels(dataset: Dataset, stored: np.ndarray, scale: _Scale) -> None:
+def _set_pixel_data(dataset: Dataset, stored: np.ndarray) -> None:
+    """The image pixel module of 12-bit values: one slice (rows, columns), or frames (frames, rows, columns)."""
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.Rows, dataset.Columns = stored.shape
+    dataset.Rows, dataset.Columns = stored.shape[-2:]
     dataset.BitsAllocated = 16
     dataset.BitsStored = STORED_BITS
     dataset.HighBit = STORED_BITS - 1
     dataset.PixelRepresentation = 0
+    dataset.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored, dtype="<u2").tobytes())
+
+
+def _set_pixels(dataset: Dataset, stored: np.ndarray, scale: _Scale) -> None:
+    """One classic slice's pixels, rescale and display window."""
+    _set_pixel_data(dataset, stored)
     dataset.RescaleSlope = _decimal(scale.slope)
     dataset.RescaleIntercept = _decimal(scale.intercept)
     dataset.RescaleType = "US"
     dataset.WindowCenter = _decimal(scale.intercept + scale.slope * MAX_STORED / 2)
     dataset.WindowWidth = _decimal(scale.slope * MAX_STORED)
-    dataset.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored, dtype="<u2").tobytes())
+
+
+def _shared_geometry(grid: _Grid) -> Dataset:
+    """The functional groups every frame of a multi-frame object on ``grid`` shares: pixel measures, orientation."""
+    measures, orientation, shared = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing = [_decimal(grid.row_spacing), _decimal(grid.column_spacing)]
+    measures.SliceThickness = _decimal(grid.slice_spacing)
+    measures.SpacingBetweenSlices = _decimal(grid.slice_spacing)
+    orientation.ImageOrientationPatient = [_decimal(value) for value in grid.orientation]
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    return shared
+
+
+def _mr_frame(series: Dataset, position: np.ndarray, in_stack: int) -> Dataset:
+    """One Enhanced MR frame's own functional groups: its position, and its phase's time and temporal position."""
+    plane, content, frame = Dataset(), Dataset(), Dataset()
+    plane.ImagePositionPatient = [_decimal(value) for value in position]
+    content.FrameAcquisitionDateTime = series.AcquisitionDate + series.AcquisitionTime
+    content.StackID = "1"
+    content.InStackPositionNumber = in_stack + 1
+    if "TemporalPositionIdentifier" in series:
+        content.TemporalPositionIndex = series.TemporalPositionIdentifier
+    frame.PlanePositionSequence = DicomSequence([plane])
+    frame.FrameContentSequence = DicomSequence([content])
+    return frame
 
 
 def _write_dce(writer: _StudyWriter, phases: Sequence[sitk.Image], scale: _Scale) -> list[Dataset]:
@@ -320,8 +406,13 @@ def _write_dce(writer: _StudyWriter, phases: Sequence[sitk.Image], scale: _Scale
             series.TemporalPositionIdentifier = index + 1
             series.NumberOfTemporalPositions = len(phases)
         first_instance = 1 + index * image.GetSize()[2] if convention.single_series else 1
-        writer.write_volume(series, image, scale, first_instance)
+        if not convention.multi_frame:
+            writer.write_volume(series, image, scale, first_instance)
         tags.append(series)
+    if convention.multi_frame:
+        files = [range(len(phases))] if convention.single_series else [[index] for index in range(len(phases))]
+        for members in files:
+            writer.write_frames([(tags[index], phases[index]) for index in members], scale)
     return tags
 
 
@@ -420,15 +511,7 @@ def _write_seg(writer: _StudyWriter, phases: Sequence[sitk.Image], pre: Dataset)
     referenced = Dataset()
     referenced.SeriesInstanceUID = pre.SeriesInstanceUID
     dataset.ReferencedSeriesSequence = DicomSequence([referenced])
-    measures, orientation = Dataset(), Dataset()
-    measures.PixelSpacing = [_decimal(grid.row_spacing), _decimal(grid.column_spacing)]
-    measures.SliceThickness = _decimal(grid.slice_spacing)
-    measures.SpacingBetweenSlices = _decimal(grid.slice_spacing)
-    orientation.ImageOrientationPatient = [_decimal(value) for value in grid.orientation]
-    shared = Dataset()
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    dataset.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    dataset.SharedFunctionalGroupsSequence = DicomSequence([_shared_geometry(grid)])
     dataset.PerFrameFunctionalGroupsSequence = DicomSequence(
         [_seg_frame(grid.position(index)) for index in range(grid.slices)])
     dataset.NumberOfFrames = grid.slices

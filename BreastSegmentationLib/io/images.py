@@ -320,8 +320,15 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputError(
             f"folder holds {len(series_ids)} DICOM series, one is needed; {_dicom_inspect_hint(folder)}", folder
         )
+    # Imported here: pydicom (and the tqdm it imports when present) is needed for DICOM folders only, and the Slicer
+    # module imports this module before it has installed the packages it lacks.
+    from .dicom import is_enhanced_image_file, read_enhanced_volume
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    if len(files) == 1 and is_enhanced_image_file(files[0]):
+        return read_enhanced_volume(files[0])
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+    reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
