@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from accuracy import lesion_scores, summarise_lesions  # noqa: E402
+from accuracy import as_acquired, lesion_scores, on_grid, summarise_lesions  # noqa: E402
 from false_positives import false_positive_rows, tally  # noqa: E402
 from missed_lesions import reference_rows  # noqa: E402
 from missed_lesions import tally as tally_missed  # noqa: E402
@@ -30,6 +30,26 @@ def mask_image(boxes: list[tuple[slice, slice, slice]]) -> sitk.Image:
 FOCUS = (slice(2, 4), slice(5, 9), slice(5, 9))  # 2 x 4 x 4 voxels of 2 mm3: 64 mm3
 MASS = (slice(8, 16), slice(20, 32), slice(20, 32))  # 2304 mm3
 TINY = (slice(18, 19), slice(30, 32), slice(2, 4))  # 8 mm3: under 20 mm3, counted in no detection share
+
+
+def test_sagittal_acquisition_covers_the_study_and_its_labels_come_back_to_the_study_grid():
+    study = mask_image([MASS])
+    study.SetOrigin((-20.0, 10.0, -30.0))
+    pre, post = as_acquired(sitk.Cast(study, sitk.sitkFloat32) * 100.0, sitk.Cast(study, sitk.sitkFloat32) * 300.0,
+                            sagittal_mm=2.5)
+    assert pre.GetSpacing() == pytest.approx((0.8, 0.8, 2.5)) and post.GetSize() == pre.GetSize()
+    slice_axis = np.array(pre.GetDirection()).reshape(3, 3)[:, 2]
+    assert slice_axis == pytest.approx((1.0, 0.0, 0.0))  # slices step from the patient's right to left (LPS +x)
+    ends = [study.TransformIndexToPhysicalPoint([e * (n - 1) for e, n in zip(ends, study.GetSize())])
+            for ends in np.ndindex(2, 2, 2)]
+    for corner in ends:
+        index = np.array(pre.TransformPhysicalPointToContinuousIndex(corner))
+        assert np.all(index >= -1e-6) and np.all(index <= np.array(pre.GetSize()) - 1 + 1e-6)
+    assert float(sitk.GetArrayViewFromImage(post).max()) == pytest.approx(300.0)
+    back = on_grid(sitk.Cast(pre > 50.0, sitk.sitkUInt8), study)
+    assert back.GetSize() == study.GetSize()
+    assert lesion_scores(back, study)["lesion_dice"] > 0.9
+    assert on_grid(study, study) is study
 
 
 def test_lesion_scores_count_small_lesions_apart_among_the_large_ones():
