@@ -21,6 +21,7 @@ from BreastSegmentationLib.data.preprocessing import (
     fill_holes_per_slice,
     image_on_grid,
     inplane_grid,
+    neighbour_step,
     prepare_case,
     prepare_checked,
     restore_to_original,
@@ -160,6 +161,20 @@ def test_select_channels_orders_inputs_and_reads_neighbouring_slices(case):
     assert np.array_equal(selected.image[0][1:], subtraction[:-1]) and np.array_equal(selected.image[0][0], subtraction[0])
     assert np.array_equal(selected.image[2][:-1], subtraction[1:]) and np.array_equal(selected.image[2][-1], subtraction[-1])
     assert np.array_equal(selected.image[3], prepared.image[0])
+
+
+@pytest.mark.parametrize(("slice_mm", "step"), [(2.0, 1), (1.0, 1), (0.8, 2), (0.5, 2), (0.3, 4)])
+def test_neighbouring_slices_lie_at_least_a_millimetre_away_on_thin_slices(case, slice_mm, step):
+    """On slices thinner than 1 mm "@-1" and "@+1" step over enough slices to span it (the 2.5-D context of the
+    1-3 mm slices the bundled models learnt from); from 1 mm up they read the next slice."""
+    thin = {name: as_image(sitk.GetArrayFromImage(image), spacing=(0.8, 0.8, slice_mm)) for name, image in case.items()}
+    prepared = prepare_case(**thin, config=PreprocessConfig(subtraction=True))
+    assert neighbour_step(slice_mm) == step
+    selected = select_channels(prepared, ["subtraction@-1", "subtraction@+1"])
+    subtraction = prepared.image[2]
+    assert np.array_equal(selected.image[0][step:], subtraction[:-step])
+    assert np.array_equal(selected.image[1][:-step], subtraction[step:])
+    assert all(np.array_equal(selected.image[0][k], subtraction[0]) for k in range(step))
 
 
 def test_channel_stack_in_a_box_equals_the_whole_stack_cropped_and_masked(case):

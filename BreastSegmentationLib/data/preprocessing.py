@@ -48,6 +48,12 @@ NORMALISATIONS = ("zscore_body", "percentile", "none")
 #: "excess" is not stored: :func:`channel_stack` derives it from "enhancement" and a breast mask.
 CHANNELS = ("pre", "post", "subtraction", "enhancement", "excess")
 _INPUT_NAME = re.compile(r"(?P<channel>pre|post|subtraction|enhancement|excess)(@(?P<offset>[+-][1-9]))?")
+#: Neighbouring-slice inputs read slices at least this far away (mm): on slices thinner than that, "@-1" steps over
+#: as many slices as it takes (:func:`neighbour_step`), so that the 2.5-D context spans as much anatomy as on the
+#: 1-3 mm slices the bundled models learnt from. Read one thin slice away, every enhancing vessel looks as wide
+#: above and below as in the slice, as a lesion does: the bundled lesion networks' false positives multiplied on
+#: studies resampled to 0.8 mm slices and on sagittal acquisitions (seen axially, 0.8 mm apart).
+MIN_NEIGHBOUR_MM = 1.0
 #: The enhancement channel divides by max(pre, floor), floor = this fraction of the pre-contrast body's upper clip
 #: percentile: about half the signal of glandular tissue, so that air and suppressed fat do not divide noise by
 #: almost nothing, while lesions and gland keep their true ratio.
@@ -389,6 +395,12 @@ def parse_input(name: str) -> tuple[str, int]:
     return match["channel"], int(match["offset"] or 0)
 
 
+def neighbour_step(slice_spacing_mm: float) -> int:
+    """Slices per step of a neighbouring-slice input: 1 on slices of :data:`MIN_NEIGHBOUR_MM` or more, enough
+    slices to span it on thinner ones."""
+    return max(1, math.ceil(MIN_NEIGHBOUR_MM / slice_spacing_mm - 1e-6))
+
+
 def _neighbour_slices(slices: tuple[int, int], offset: int, depth: int) -> slice | np.ndarray:
     """Indices of the slices ``offset`` away from ``slices`` in a volume of ``depth`` slices, the edge slices standing
     in beyond the ends: a plain slice (a view) unless an end is reached."""
@@ -439,18 +451,20 @@ def channel_stack(case: PreparedCase, inputs: Sequence[str], box: CropBox | None
     """A model's ``inputs`` as one (C, z, y, x) array inside ``box`` (default: the whole case), optionally multiplied
     by ``mask`` (the box's shape).
 
-    Neighbouring-slice inputs read the whole case, so a box's first slice sees the real slice below it. "excess" is
+    Neighbouring-slice inputs read the whole case, so a box's first slice sees the real slice below it, and step
+    over :func:`neighbour_step` slices at a time. "excess" is
     the enhancement minus ``background``, the study's BPE. Each channel is written once, straight from the stored
     channels into the new array: the lesion model's input is the largest array of an inference run.
     """
     rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
     slices = box.slices if box is not None else (0, case.shape[0])
     parsed = [parse_input(name) for name in inputs]
+    step = neighbour_step(case.grid.spacing[2])
     stack = np.empty((len(parsed), slices[1] - slices[0], rows[1] - rows[0], cols[1] - cols[0]),
                      dtype=case.image.dtype)
     for index, (channel, offset) in enumerate(parsed):
         source = case.image[case.channels.index("enhancement" if channel == "excess" else channel)]
-        part = source[_neighbour_slices(slices, offset, case.shape[0]), slice(*rows), slice(*cols)]
+        part = source[_neighbour_slices(slices, offset * step, case.shape[0]), slice(*rows), slice(*cols)]
         if channel == "excess":
             np.subtract(part, np.float32(background), out=stack[index])
             part = stack[index]
