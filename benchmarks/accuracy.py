@@ -83,7 +83,7 @@ def with_uptake(pre: sitk.Image, post: sitk.Image, factor: float) -> sitk.Image:
 
 #: In-plane spacing (mm) of the sagittal grid of ``--sagittal``.
 SAGITTAL_IN_PLANE_MM = 0.8
-#: The sagittal grid's axes in LPS: rows anterior -> posterior, columns superior -> inferior, slices right -> left.
+#: The sagittal grid's axes in LPS: index i steps anterior -> posterior, j superior -> inferior, k right -> left.
 SAGITTAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 

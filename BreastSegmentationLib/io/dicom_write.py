@@ -1,8 +1,8 @@
 """Synthetic DICOM DCE-MRI studies, written the way the main vendors write them.
 
 Tests and the phantom generator call :func:`write_dce_study` to get studies that exercise the discovery in
-:mod:`.dicom`. Every image is one file per slice (classic MR Image Storage, explicit VR little endian), except the
-DCE phases of the enhanced conventions, pixels are 12-bit unsigned with a RescaleSlope/RescaleIntercept shared by
+:mod:`.dicom`. Every image is one file per slice (classic MR Image Storage, explicit VR little endian) except the
+DCE phases of the enhanced conventions. Pixels are 12-bit unsigned with a RescaleSlope/RescaleIntercept shared by
 all DCE phases (so that phases stay comparable), and the geometry comes from each SimpleITK image (LPS, as DICOM).
 Conventions (:data:`CONVENTIONS`):
 
@@ -37,8 +37,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
