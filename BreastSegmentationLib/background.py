@@ -41,7 +41,7 @@ TORCH_VERSION_SPECIFIER = ">=2.2"
 TORCH_REQUIREMENT = f"torch{TORCH_VERSION_SPECIFIER}"
 #: What the command needs besides torch and Slicer's own packages; pip installs what is missing.
 PIP_REQUIREMENTS: tuple[str, ...] = (
-    "monai>=1.3", "safetensors>=0.4", "tqdm>=4.60", "matplotlib>=3.7", "scipy>=1.10", "pydicom>=2.4",
+    "monai>=1.3", "safetensors>=0.4", "tqdm>=4.60", "matplotlib>=3.7", "scipy>=1.10", "pydicom>=3.0",
 )
 #: Packages Slicer builds itself: pinned while pip installs, so that pip fails rather than replace them.
 HOST_OWN_PACKAGES: tuple[str, ...] = ("numpy", "SimpleITK", "vtk")
