@@ -11,6 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLosslessSV1
 
 from BreastSegmentationLib.cli import main
 from BreastSegmentationLib.errors import InputError
@@ -250,6 +252,22 @@ def test_enhanced_file_cut_after_discovery_is_an_input_error_naming_it(tmp_path,
     with pytest.raises(InputError, match="cannot read series 6") as raised:
         read_phase(found.first_post)
     assert str(path) in str(raised.value)
+
+
+def test_enhanced_file_whose_pixels_cannot_be_decoded_is_a_one_line_input_error(tmp_path, phases):
+    """Compressed frames pydicom has no decoder for here (or cannot decode): the error names the series and the
+    file on one line, as ``breastseg`` prints it."""
+    study = write_dce_study(tmp_path / "study", phases[:2], "siemens_xa")
+    for path in study.rglob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        dataset.PixelData = encapsulate([b"\xff\xd8 no JPEG data \xff\xd9"] * int(dataset.NumberOfFrames))
+        dataset["PixelData"].VR = "OB"
+        dataset.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        dataset.save_as(path, enforce_file_format=True)
+    found = discover_study(study)
+    with pytest.raises(InputError, match="cannot read series 5 'ax dyn pre'") as raised:
+        read_phase(found.pre)
+    assert "\n" not in str(raised.value) and str(found.pre.files[0]) in str(raised.value)
 
 
 def test_enhanced_file_with_groups_for_fewer_frames_is_ignored_with_a_warning(tmp_path, phases, caplog):

@@ -890,7 +890,8 @@ def _read_frames(series: SeriesInfo) -> sitk.Image:
                                     for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
                 volume[slot] = values * slope + intercept
         except Exception as error:  # pydicom raises many types on undecodable pixel data; name the file instead
-            raise InputError(f"cannot read {series.label}: {type(error).__name__}: {error}", path) from error
+            reason = " ".join(str(error).split())  # one line: pydicom lists the missing decoders line by line
+            raise InputError(f"cannot read {series.label}: {type(error).__name__}: {reason}", path) from error
     row, column = np.array(geometry.orientation[:3]), np.array(geometry.orientation[3:])
     image = sitk.GetImageFromArray(volume)
     image.SetOrigin(geometry.origin)
