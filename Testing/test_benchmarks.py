@@ -52,6 +52,16 @@ def test_sagittal_acquisition_covers_the_study_and_its_labels_come_back_to_the_s
     assert on_grid(study, study) is study
 
 
+def test_resliced_acquisition_keeps_the_rows_columns_and_extent_with_thinner_slices():
+    study = mask_image([MASS])
+    pre, post = as_acquired(sitk.Cast(study, sitk.sitkFloat32) * 100.0, sitk.Cast(study, sitk.sitkFloat32) * 300.0,
+                            reslice_mm=0.8)
+    assert pre.GetSize() == (40, 40, 48) and post.GetSize() == pre.GetSize()  # 19 steps of 2 mm: 47 of 0.8 mm
+    assert pre.GetSpacing() == pytest.approx((1.0, 1.0, 0.8))
+    assert pre.GetOrigin() == study.GetOrigin() and pre.GetDirection() == study.GetDirection()
+    assert lesion_scores(on_grid(sitk.Cast(pre > 50.0, sitk.sitkUInt8), study), study)["lesion_dice"] > 0.95
+
+
 def test_lesion_scores_count_small_lesions_apart_among_the_large_ones():
     reference = mask_image([FOCUS, MASS, TINY])
     found_mass_only = lesion_scores(mask_image([MASS, (slice(0, 2), slice(30, 34), slice(30, 34))]), reference)

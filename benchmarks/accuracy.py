@@ -1,7 +1,8 @@
 """Accuracy of a model set on held-out phantom cases (seeds never used in training).
 
     python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--no-motion-correction]
-                                  [--uptake 1] [--sagittal SLICE_MM] [--min-lesion-peak P] [--out accuracy.json]
+                                  [--uptake 1] [--sagittal SLICE_MM | --reslice SLICE_MM] [--min-lesion-peak P]
+                                  [--out accuracy.json]
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive
 lesions per case, and the issue's targets next to them. Prints; asserts nothing. ``--motion-mm`` moves the
@@ -11,8 +12,9 @@ the phases does (the phantom's own motion is under a voxel), to show how the mod
 another contrast dose or an earlier or later first post-contrast phase does, to show how the models bear that.
 ``--sagittal`` resamples both phases onto a sagittal grid (0.8 mm in-plane, slices ``SLICE_MM`` apart from the
 patient's right to left), as sagittal DCE protocols acquire, and scores the result on the study's own grid: the
-models were trained on axial studies only. ``--min-lesion-peak`` replaces the lesion card's peak rule, as
-``breastseg segment --min-lesion-peak`` does.
+models were trained on axial studies only. ``--reslice`` resamples both phases onto axial slices ``SLICE_MM`` apart,
+as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--min-lesion-peak`` replaces
+the lesion card's peak rule, as ``breastseg segment --min-lesion-peak`` does.
 """
 
 from __future__ import annotations
@@ -101,11 +103,24 @@ def sagittal_grid(image: sitk.Image, slice_mm: float) -> sitk.Image:
     return grid
 
 
-def as_acquired(pre: sitk.Image, post: sitk.Image, sagittal_mm: float) -> tuple[sitk.Image, sitk.Image]:
-    """The two phases as given, or resampled (linearly) onto a sagittal grid with slices ``sagittal_mm`` apart."""
-    if not sagittal_mm:
+def resliced_grid(image: sitk.Image, slice_mm: float) -> sitk.Image:
+    """An empty grid of ``image``'s rows and columns with slices ``slice_mm`` apart over the same extent."""
+    columns, rows, slices = image.GetSize()
+    spacing = image.GetSpacing()
+    grid = sitk.Image([columns, rows, int((slices - 1) * spacing[2] / slice_mm) + 1], sitk.sitkFloat32)
+    grid.SetSpacing((spacing[0], spacing[1], slice_mm))
+    grid.SetOrigin(image.GetOrigin())
+    grid.SetDirection(image.GetDirection())
+    return grid
+
+
+def as_acquired(pre: sitk.Image, post: sitk.Image, sagittal_mm: float = 0.0,
+                reslice_mm: float = 0.0) -> tuple[sitk.Image, sitk.Image]:
+    """The two phases as given, or resampled (linearly) onto a sagittal grid with slices ``sagittal_mm`` apart, or
+    onto axial slices ``reslice_mm`` apart."""
+    if not (sagittal_mm or reslice_mm):
         return pre, post
-    grid = sagittal_grid(pre, sagittal_mm)
+    grid = sagittal_grid(pre, sagittal_mm) if sagittal_mm else resliced_grid(pre, reslice_mm)
     return tuple(sitk.Resample(sitk.Cast(phase, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
                  for phase in (pre, post))
 
@@ -118,9 +133,10 @@ def on_grid(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 
 def evaluate_case(seed: int, models, motion_mm: float = 0.0, options: SegmentationOptions | None = None,
-                  uptake: float = 1.0, sagittal_mm: float = 0.0) -> dict:
+                  uptake: float = 1.0, sagittal_mm: float = 0.0, reslice_mm: float = 0.0) -> dict:
     case = generate_case(seed)
-    pre, post = as_acquired(case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm), sagittal_mm)
+    pre, post = as_acquired(case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm), sagittal_mm,
+                            reslice_mm)
     result = segment_images(pre, post, models, options)
     return {
         "seed": seed, "vendor": case.info["vendor"], "fat_sat": case.info["fat_sat"],
@@ -147,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="segment without the pipeline's motion correction")
     parser.add_argument("--uptake", type=float, default=1.0,
                         help="multiply the contrast uptake (post - pre) of every tissue by this factor (default 1)")
-    parser.add_argument("--sagittal", type=float, default=0.0, metavar="SLICE_MM",
-                        help="segment the study resampled onto a sagittal grid with slices this far apart (mm)")
+    acquisition = parser.add_mutually_exclusive_group()
+    acquisition.add_argument("--sagittal", type=float, default=0.0, metavar="SLICE_MM",
+                             help="segment the study resampled onto a sagittal grid with slices this far apart (mm)")
+    acquisition.add_argument("--reslice", type=float, default=0.0, metavar="SLICE_MM",
+                             help="segment the study resampled onto axial slices this far apart (mm)")
     parser.add_argument("--min-lesion-peak", type=float,
                         help="keep lesions whose probability reaches this somewhere (default: the lesion card's)")
     parser.add_argument("--out", help="also write the figures as JSON")
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(evaluate_case(seed, models, args.motion_mm,
                                   SegmentationOptions(motion_correction=args.motion_correction,
                                                       min_lesion_peak=args.min_lesion_peak), args.uptake,
-                                  args.sagittal))
+                                  args.sagittal, args.reslice))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)
     print(markdown_table(rows))
