@@ -452,9 +452,9 @@ def channel_stack(case: PreparedCase, inputs: Sequence[str], box: CropBox | None
     by ``mask`` (the box's shape).
 
     Neighbouring-slice inputs read the whole case, so a box's first slice sees the real slice below it, and step
-    over :func:`neighbour_step` slices at a time. "excess" is
-    the enhancement minus ``background``, the study's BPE. Each channel is written once, straight from the stored
-    channels into the new array: the lesion model's input is the largest array of an inference run.
+    over :func:`neighbour_step` slices at a time. "excess" is the enhancement minus ``background``, the study's BPE.
+    Each channel is written once, straight from the stored channels into the new array: the lesion model's input is
+    the largest array of an inference run.
     """
     rows, cols = (box.rows, box.cols) if box is not None else ((0, case.shape[1]), (0, case.shape[2]))
     slices = box.slices if box is not None else (0, case.shape[0])
