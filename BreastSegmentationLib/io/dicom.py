@@ -864,6 +864,13 @@ def read_enhanced_volume(path: str | os.PathLike) -> sitk.Image:
     return read_phase(phases[0])
 
 
+def _rescale(transform: pydicom.Dataset, header: pydicom.Dataset, keyword: str, default: float) -> float:
+    """A frame's rescale value: its Pixel Value Transformation group's, else the file's, else ``default``."""
+    value = _float(transform, keyword)
+    value = _float(header, keyword) if value is None else value
+    return default if value is None else value
+
+
 def _read_frames(series: SeriesInfo) -> sitk.Image:
     """A phase made of frames of enhanced multi-frame files: each frame's stored values through its own rescale
     (the Pixel Value Transformation functional group), on the phase's grid.
@@ -885,10 +892,8 @@ def _read_frames(series: SeriesInfo) -> sitk.Image:
             for (slot, frame), values in zip(wanted, stored, strict=True):
                 transform = _functional_group(header, per_frame[frame] if per_frame else None,
                                               "PixelValueTransformationSequence")
-                slope, intercept = (next((value for value in (_float(transform, keyword), _float(header, keyword))
-                                          if value is not None), default)
-                                    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
-                volume[slot] = values * slope + intercept
+                volume[slot] = (values * _rescale(transform, header, "RescaleSlope", 1.0)
+                                + _rescale(transform, header, "RescaleIntercept", 0.0))
         except Exception as error:  # pydicom raises many types on undecodable pixel data; name the file instead
             reason = " ".join(str(error).split())  # one line: pydicom lists the missing decoders line by line
             raise InputError(f"cannot read {series.label}: {type(error).__name__}: {reason}", path) from error
