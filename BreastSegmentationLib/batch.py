@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -45,15 +45,11 @@ class Study:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Options passed to ``segment`` for every study."""
+    """Where the models come from and run, and the segmentation options of every study."""
 
     device: str = "auto"
     models: Path | None = None
-    threshold: float | None = None
-    min_lesion_mm3: float | None = None
-    min_lesion_peak: float | None = None
-    motion_correction: bool = True
-    foci: bool = True
+    segmentation: SegmentationOptions = field(default_factory=SegmentationOptions)
 
 
 @dataclass(frozen=True)
@@ -144,10 +140,7 @@ def segment_one(study: Study, output_dir: Path, models: ModelSet, options: Batch
     started = time.perf_counter()
     lesions = volume = None
     try:
-        summary = segment_study(_read_study(study, progress), out_dir, models,
-                                SegmentationOptions(options.threshold, options.min_lesion_mm3, options.min_lesion_peak,
-                                                    motion_correction=options.motion_correction,
-                                                    foci=options.foci),
+        summary = segment_study(_read_study(study, progress), out_dir, models, options.segmentation,
                                 progress=progress)
         exit_code, status, message = 0, "ok", ""
         lesions = summary["lesion_count"]

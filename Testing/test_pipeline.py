@@ -22,11 +22,13 @@ from BreastSegmentationLib.data.preprocessing import Grid
 from BreastSegmentationLib.inference.pipeline import (
     lesion_labels,
     load_models,
+    network_precision,
     rounded_probability,
     rounded_probability_on,
     segment_images,
 )
 from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_lesion_mask
+from BreastSegmentationLib.inference.runtime import mixed_precision_dtype, precision_name
 from BreastSegmentationLib.inference.study import OUTPUT_FILES, segment_study, study_from_files
 from BreastSegmentationLib.io.images import resample_like
 from BreastSegmentationLib.models.cards import ModelCard, save_model
@@ -209,6 +211,15 @@ def test_a_sagittally_stored_study_gives_the_same_segmentation_as_the_axial_one(
         assert expected.any() and np.array_equal(sitk.GetArrayFromImage(back_on_axial), expected), name
 
 
+def test_mixed_precision_where_it_does_not_pay_runs_float32_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # a CPU without bf16 instructions
+    assert network_precision(torch.device("cpu"), mixed_precision=False) is None and not caplog.records
+    assert network_precision(torch.device("cpu"), mixed_precision=True) is None
+    assert "running in float32" in caplog.text
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert network_precision(torch.device("cpu"), mixed_precision=True) is torch.bfloat16
+
+
 def test_no_breast_found_is_a_clear_error_and_writes_nothing(tmp_path, rng):
     models = load_models(write_models(tmp_path / "models", breast_logit=-5.0, lesion_logit=5.0), "cpu")
     pre, post = study_images(rng)
@@ -239,6 +250,7 @@ def test_segment_command_writes_every_output_and_metrics_with_a_reference(tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lesion_count"] == 1
     assert [card["name"] for card in summary["models"]] == ["brs", "bls"]
+    assert summary["precision"] == "float32"
     assert all(len(card["sha256"]) == 64 for card in summary["models"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recall"] == pytest.approx(1.0)
@@ -291,13 +303,15 @@ def test_many_studies_one_failing_is_reported_and_the_others_go_on(tmp_path, stu
     sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(studies / "flat" / "post.nii.gz"))
     out = tmp_path / "out"
     code = main(["--progress", "none", "segment", "--input-dir", str(studies), "--out", str(out),
-                 "--models", str(models), "--device", "cpu"])
+                 "--models", str(models), "--device", "cpu", "--mixed-precision"])
     assert code == 1
     summary = json.loads((out / "batch_summary.json").read_text())
     status = {row["study"]: (row["status"], row["message"]) for row in summary["studies"]}
     assert status["good"][0] == "ok" and status["flat"][0] == "bad input" and "2-D" in status["flat"][1]
     assert all((out / "good" / name).is_file() for name in OUTPUT_FILES)
     assert not (out / "flat").exists()
+    mixed = precision_name(mixed_precision_dtype(torch.device("cpu"), enabled=True))
+    assert json.loads((out / "good" / "summary.json").read_text())["precision"] == mixed  # options reach each study
 
 
 def test_an_ensemble_lesion_card_runs_the_mean_of_its_networks(tmp_path, rng):
@@ -324,10 +338,12 @@ def test_an_ensemble_lesion_card_runs_the_mean_of_its_networks(tmp_path, rng):
     assert json.loads(json.dumps(recorded))["weights"] == ["bls_a.safetensors", "bls_b.safetensors"]
 
 
-def test_the_demo_finds_the_sample_lesion_with_the_bundled_models(tmp_path, capsys):
+@pytest.mark.parametrize("precision", [[], ["--mixed-precision"]], ids=["float32", "mixed"])
+def test_the_demo_finds_the_sample_lesion_with_the_bundled_models(tmp_path, capsys, precision):
     """The README's first command: every output, the bundled models find the sample's one lesion and nothing else (a
-    broken or swapped weights file would fail here), and the summary records every weights file with its SHA-256."""
-    assert main(["--progress", "none", "demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    broken or swapped weights file would fail here), and the summary records every weights file with its SHA-256;
+    the same in mixed precision (bfloat16 on this project's CPUs)."""
+    assert main(["--progress", "none", "demo", "--out", str(tmp_path / "demo"), "--device", "cpu", *precision]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert sorted(OUTPUT_FILES + ("metrics.json", "lesion_matches.csv")) == sorted(
         p.name for p in (tmp_path / "demo").iterdir())

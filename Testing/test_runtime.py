@@ -1,4 +1,4 @@
-"""Slice-wise inference: chosen slices only, padding, test-time mirroring and ensembles."""
+"""Slice-wise inference: chosen slices only, padding, test-time mirroring, ensembles and mixed precision."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from BreastSegmentationLib.inference.runtime import configure_cpu_memory, predict_slices
+from BreastSegmentationLib.inference.runtime import (
+    configure_cpu_memory,
+    mixed_precision_dtype,
+    precision_name,
+    predict_slices,
+)
 
 
 class LeftHeavy(torch.nn.Module):
@@ -79,6 +84,30 @@ def glibc_version() -> tuple[int, ...]:
 
 
 @pytest.mark.skipif(glibc_version() < (2, 33), reason="mallinfo2 needs glibc 2.33 or later")
+def test_mixed_precision_is_bfloat16_on_cpus_with_native_support_and_off_on_request():
+    cpu = torch.device("cpu")
+    assert mixed_precision_dtype(cpu, enabled=False) is None
+    native = torch.cpu._is_avx512_bf16_supported()
+    assert mixed_precision_dtype(cpu, enabled=True) is (torch.bfloat16 if native else None)
+    assert mixed_precision_dtype(torch.device("cuda"), enabled=True) is torch.float16
+    assert [precision_name(p) for p in (None, torch.bfloat16, torch.float16)] == ["float32", "bfloat16", "float16"]
+
+
+def test_networks_run_in_the_precision_asked_for_and_probabilities_stay_float32(rng):
+    """A real convolution under bfloat16 autocast (emulated where the CPU has no bf16): its output is bfloat16
+    inside, the probabilities come back float32 and within bfloat16's rounding of the float32 ones."""
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(3, 1, 3, padding=1)
+    seen = []
+    network.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    channels = rng.normal(size=(3, 4, 32, 32)).astype(np.float32)
+    exact = predict_slices([network], channels, range(4), torch.device("cpu"))
+    mixed = predict_slices([network], channels, range(4), torch.device("cpu"), precision=torch.bfloat16)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert mixed.dtype == np.float32
+    assert np.abs(mixed - exact).max() < 0.01 and not np.array_equal(mixed, exact)
+
+
 def test_cpu_memory_settings_keep_large_freed_blocks_for_reuse(monkeypatch):
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     size = 64 * 2**20  # above glibc's largest automatic memory-map threshold (32 MB)

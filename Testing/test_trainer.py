@@ -15,7 +15,6 @@ from BreastSegmentationLib.training.trainer import (
     LOG_NAME,
     OptimisationSettings,
     fit,
-    mixed_precision_dtype,
 )
 
 
@@ -83,14 +82,6 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
         torch.testing.assert_close(resumed.best_state[key], value)
     checkpoint = torch.load(tmp_path / "split" / CHECKPOINT_NAME, weights_only=True)
     assert checkpoint["epoch"] == 3
-
-
-def test_mixed_precision_is_bfloat16_on_cpus_with_native_support_and_off_on_request():
-    cpu = torch.device("cpu")
-    assert mixed_precision_dtype(cpu, enabled=False) is None
-    native = torch.cpu._is_avx512_bf16_supported()
-    assert mixed_precision_dtype(cpu, enabled=True) is (torch.bfloat16 if native else None)
-    assert mixed_precision_dtype(torch.device("cuda"), enabled=True) is torch.float16
 
 
 def test_split_is_by_patient_and_deterministic():

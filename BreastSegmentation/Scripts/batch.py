@@ -68,9 +68,11 @@ def main(argv) -> int:
     from BreastSegmentationLib import batch
     from BreastSegmentationLib.cli.console import make_progress
     from BreastSegmentationLib.errors import InputError
+    from BreastSegmentationLib.inference.pipeline import SegmentationOptions
 
     progress, closeProgress = make_progress("bar")
-    options = batch.BatchOptions(device=arguments.device, models=arguments.models, threshold=arguments.threshold)
+    options = batch.BatchOptions(device=arguments.device, models=arguments.models,
+                                 segmentation=SegmentationOptions(threshold=arguments.threshold))
     try:
         results = batch.run_batch(arguments.input_dir, arguments.output_dir, options, progress)
     except InputError as error:

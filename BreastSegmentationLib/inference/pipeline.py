@@ -64,7 +64,7 @@ from .foci import (
     search_region,
 )
 from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size, without_labels
-from .runtime import describe_device, predict_slices, resolve_device
+from .runtime import describe_device, mixed_precision_dtype, precision_name, predict_slices, resolve_device
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,7 +169,9 @@ class SegmentationOptions:
     """Choices of one run; ``threshold``, ``min_lesion_mm3`` and ``min_lesion_peak`` None mean the lesion model
     card's (a peak at or below the threshold has no effect: :class:`LesionCleaning`); ``motion_correction`` undoes
     rigid motion of the post-contrast phase (:mod:`..io.registration`); ``foci`` runs the model folder's foci
-    classifier where it has one (:mod:`.foci`)."""
+    classifier where it has one (:mod:`.foci`); ``mixed_precision`` runs the breast and lesion networks under
+    autocast where it pays (:func:`.runtime.mixed_precision_dtype`: float16 on a GPU, bfloat16 on a CPU with native
+    bf16, else float32 as without it)."""
 
     threshold: float | None = None
     min_lesion_mm3: float | None = None
@@ -177,6 +179,7 @@ class SegmentationOptions:
     batch_size: int = 8
     motion_correction: bool = True
     foci: bool = True
+    mixed_precision: bool = False
 
 
 @dataclass
@@ -195,6 +198,7 @@ class Segmentation:
     post_aligned: sitk.Image
     seconds: dict[str, float]
     device: str
+    precision: str
     threshold: float
     min_lesion_mm3: float
     min_lesion_peak: float | None
@@ -208,15 +212,26 @@ class Segmentation:
         return self.probability_job.result()
 
 
+def network_precision(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """The breast and lesion networks' autocast type (None: float32). The foci classifier always runs in float32: it
+    is a small share of the work (about 0.2 s of a study here), and its threshold of 0.99 leaves little room for
+    rounding. Asking for mixed precision where it does not pay (a CPU without native bfloat16) runs float32 and
+    says so."""
+    precision = mixed_precision_dtype(device, mixed_precision)
+    if mixed_precision and precision is None:
+        log.warning("mixed precision needs a CUDA GPU or a CPU with native bfloat16 instructions; running in float32")
+    return precision
+
+
 def _predict_breast(models: ModelSet, prepared: PreparedCase, options: SegmentationOptions,
-                    progress: Progress) -> tuple[sitk.Image, tuple[int, ...]]:
+                    precision: torch.dtype | None, progress: Progress) -> tuple[sitk.Image, tuple[int, ...]]:
     """Breast probability on the breast model's grid (every slice: the breast may be anywhere), and the
     (C, z, y, x) shape the network ran on."""
     model = models.breast
     channels = select_channels(prepared, model.card.inputs).image
     probability = predict_slices(model.networks, channels, range(channels.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="breast region",
-                                 mirror=model.card.test_time_mirroring)
+                                 mirror=model.card.test_time_mirroring, precision=precision)
     return prepared.grid.image(probability), channels.shape
 
 
@@ -235,14 +250,14 @@ def lesion_input(prepared: PreparedCase, breast: np.ndarray, inputs: list[str],
 
 
 def _predict_lesions(models: ModelSet, prepared: PreparedCase, breast: np.ndarray, options: SegmentationOptions,
-                     progress: Progress) -> tuple[CropBox, np.ndarray, tuple[int, ...]]:
+                     precision: torch.dtype | None, progress: Progress) -> tuple[CropBox, np.ndarray, tuple[int, ...]]:
     """The crop around the breast, the lesion probability inside it (the model's grid) and the (C, z, y, x) shape
     the network ran on."""
     model = models.lesion
     box, cropped = lesion_input(prepared, breast, model.card.inputs, model.crop)
     probability = predict_slices(model.networks, cropped, range(cropped.shape[1]), models.device,
                                  options.batch_size, progress=progress, stage="lesions",
-                                 mirror=model.card.test_time_mirroring)
+                                 mirror=model.card.test_time_mirroring, precision=precision)
     return box, probability, cropped.shape
 
 
@@ -271,6 +286,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     """
     options = options or SegmentationOptions()
     progress = progress or silent()
+    precision = network_precision(models.device, options.mixed_precision)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     progress.update("preparing", 0.0)
@@ -283,7 +299,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
 
     started = time.perf_counter()
     for_breast = prepare_case(pre_ras, post_ras, config=models.breast.preprocessing, case_id="study")
-    breast_probability, breast_input = _predict_breast(models, for_breast, options, progress)
+    breast_probability, breast_input = _predict_breast(models, for_breast, options, precision, progress)
     seconds["breast"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -295,7 +311,8 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     if not breast_array.any():
         raise InputError("no breast tissue found: the breast model found no breast in this study "
                          "(is it a breast DCE-MRI, and are pre and post the right series?)")
-    box, lesion_probability, lesion_input = _predict_lesions(models, prepared, breast_array, options, progress)
+    box, lesion_probability, lesion_input = _predict_lesions(models, prepared, breast_array, options, precision,
+                                                              progress)
     seconds["lesions"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -328,6 +345,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),
+        precision=precision_name(precision),
         threshold=threshold,
         min_lesion_mm3=min_volume,
         min_lesion_peak=min_peak,

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import InputError
+from ..inference.runtime import mixed_precision_dtype
 from ..io.outputs import atomic_output_file
 from ..progress import Progress, silent
 from .distributed import DistributedContext
@@ -91,16 +92,6 @@ def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a batch to ``device``; 2-D batches go channels-last, which is faster for convolutions on CPU and GPU."""
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
-
-
-def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """float16 on CUDA; bfloat16 on CPUs with native bf16 instructions (about twice as fast there); else None."""
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    bf16_native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if device.type == "cpu" and bf16_native else None
 
 
 def _run_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
