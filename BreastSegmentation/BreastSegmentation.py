@@ -87,6 +87,7 @@ class BreastSegmentationParameterNode:
     useUserModels: bool = False
     userModelsFolder: Path
     device: Annotated[str, Choice(list(background.DEVICE_CHOICES))] = "auto"
+    mixedPrecision: bool = False
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = resources.bundled_lesion_threshold()
     outputSegmentation: vtkMRMLSegmentationNode
     lesionTable: vtkMRMLTableNode
@@ -468,6 +469,7 @@ class BreastSegmentationLogic(ScriptedLoadableModuleLogic):
             device=device or parameters.device,
             models=parameters.userModelsFolder if parameters.useUserModels else None,
             threshold=parameters.threshold,
+            mixed_precision=parameters.mixedPrecision,
         )
 
     @staticmethod

@@ -59,6 +59,7 @@ class SegmentRequest:
     device: str = "auto"
     models: Path | None = None
     threshold: float | None = None
+    mixed_precision: bool = False
 
 
 def segment_arguments(request: SegmentRequest) -> list[str]:
@@ -79,6 +80,8 @@ def segment_arguments(request: SegmentRequest) -> list[str]:
         arguments += ["--models", os.fspath(request.models)]
     if request.threshold is not None:
         arguments += ["--threshold", f"{request.threshold:g}"]
+    if request.mixed_precision:
+        arguments.append("--mixed-precision")
     return arguments
 
 

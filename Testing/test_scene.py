@@ -50,6 +50,7 @@ from BreastSegmentationLib.batch import (
     discover_studies,
     write_batch_summary,
 )
+from BreastSegmentationLib.cli import build_parser
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.evaluation.lesions import label_lesions
 from BreastSegmentationLib.io.geometry import ijk_to_ras_matrix
@@ -361,13 +362,16 @@ def test_volume_candidate_from_dicom_tags():
 def test_segment_arguments_for_files_and_options(tmp_path):
     request = SegmentRequest(out_dir=tmp_path / "out", pre=tmp_path / "pre.nii.gz", post=tmp_path / "post.nii.gz",
                              reference=tmp_path / "ref.nii.gz", device="cuda", models=tmp_path / "models",
-                             threshold=0.35)
-    assert segment_arguments(request) == [
+                             threshold=0.35, mixed_precision=True)
+    arguments = segment_arguments(request)
+    assert arguments == [
         "--progress", "jsonl", "segment",
         "--pre", str(tmp_path / "pre.nii.gz"), "--post", str(tmp_path / "post.nii.gz"),
         "--out", str(tmp_path / "out"), "--device", "cuda", "--reference", str(tmp_path / "ref.nii.gz"),
-        "--models", str(tmp_path / "models"), "--threshold", "0.35",
+        "--models", str(tmp_path / "models"), "--threshold", "0.35", "--mixed-precision",
     ]
+    parsed = build_parser().parse_args(arguments)  # the command the module runs takes every one of them
+    assert (parsed.device, parsed.threshold, parsed.mixed_precision) == ("cuda", 0.35, True)
 
 
 def test_segment_arguments_for_a_dicom_study_with_defaults(tmp_path):
