@@ -2,7 +2,7 @@
 
     python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--no-motion-correction]
                                   [--uptake 1] [--sagittal SLICE_MM | --reslice SLICE_MM] [--min-lesion-peak P]
-                                  [--out accuracy.json]
+                                  [--mixed-precision] [--out accuracy.json]
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive
 lesions per case, and the issue's targets next to them. Prints; asserts nothing. ``--motion-mm`` moves the
@@ -14,7 +14,8 @@ another contrast dose or an earlier or later first post-contrast phase does, to 
 patient's right to left), as sagittal DCE protocols acquire, and scores the result on the study's own grid: the
 models were trained on axial studies only. ``--reslice`` resamples both phases onto axial slices ``SLICE_MM`` apart,
 as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--min-lesion-peak`` replaces
-the lesion card's peak rule, as ``breastseg segment --min-lesion-peak`` does.
+the lesion card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the
+networks as ``breastseg segment --mixed-precision`` does.
 """
 
 from __future__ import annotations
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                              help="segment the study resampled onto axial slices this far apart (mm)")
     parser.add_argument("--min-lesion-peak", type=float,
                         help="keep lesions whose probability reaches this somewhere (default: the lesion card's)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="the breast and lesion networks in mixed precision, as `breastseg segment "
+                             "--mixed-precision`")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     configure_cpu_memory()  # as the breastseg command does
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seed, args.seed + args.cases):
         rows.append(evaluate_case(seed, models, args.motion_mm,
                                   SegmentationOptions(motion_correction=args.motion_correction,
-                                                      min_lesion_peak=args.min_lesion_peak), args.uptake,
+                                                      min_lesion_peak=args.min_lesion_peak,
+                                                      mixed_precision=args.mixed_precision), args.uptake,
                                   args.sagittal, args.reslice))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)

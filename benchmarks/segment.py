@@ -1,13 +1,14 @@
 """Speed and memory of `breastseg segment` on a 352 x 352 x 150 phantom study.
 
     python benchmarks/segment.py [--models DIR] [--threads 2] [--repeats 2] [--dtype int16|float32] [--no-foci]
-                                 [--out FILE]
+                                 [--mixed-precision] [--out FILE]
 
 Measured side by side in one run: the whole job (read -> segment -> lesion table -> outputs written) and the bare
 forward passes of the networks it contains (same slices, same batch size; every member of an ensemble). Prints the
 end-to-end time, the forward-pass time, their ratio (target <= 1.25), and the peak resident memory of this process
 (target <= 4 GB). The input files hold 16-bit integers, as a scanner's do, unless ``--dtype float32`` asks for the
-phantom's own floats. With CUDA present the same figures are printed for the GPU. Asserts nothing.
+phantom's own floats. ``--mixed-precision`` runs the job as `breastseg segment --mixed-precision` does, and the bare
+forward passes in the same precision. With CUDA present the same figures are printed for the GPU. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from BreastSegmentationLib.inference.pipeline import ModelSet, SegmentationOptio
 from BreastSegmentationLib.inference.runtime import (
     configure_cpu_memory,
     configure_cpu_threads,
+    mixed_precision_dtype,
     predict_slices,
 )
 from BreastSegmentationLib.inference.study import segment_study, study_from_files
@@ -57,17 +59,19 @@ def write_study(folder: Path, seed: int, dtype: str = "int16") -> tuple[Path, Pa
     return paths
 
 
-def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]]) -> float:
+def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, ...]],
+                         mixed_precision: bool = False) -> float:
     """The networks alone (every member of an ensemble, and the foci classifier on as many cubes as the study had
     candidates) on inputs of exactly the shapes the pipeline gave them
     (drawn before the clock starts: drawing them takes about a second here), with the test-time mirroring their
-    cards ask for."""
+    cards ask for, in the precision the job gave them (the classifier: float32)."""
     rng = np.random.default_rng(0)
     inputs = {task: rng.normal(size=shape).astype(np.float32) for task, shape in network_inputs.items()}
+    precision = mixed_precision_dtype(models.device, mixed_precision)
     started = time.perf_counter()
     for task, model in (("breast", models.breast), ("lesion", models.lesion)):
         predict_slices(model.networks, inputs[task], range(inputs[task].shape[1]), models.device,
-                       mirror=model.card.test_time_mirroring)
+                       mirror=model.card.test_time_mirroring, precision=precision)
     if "foci" in inputs:
         classify(models.foci.networks, inputs["foci"], models.device)
     if models.device.type == "cuda":
@@ -83,10 +87,11 @@ def measure(models: ModelSet, paths: tuple[Path, Path], repeats: int, options: S
             started = time.perf_counter()
             summary = segment_study(study_from_files(*paths), out, models, options)
             runs.append(time.perf_counter() - started)
-        forwards.append(bare_forward_seconds(models, {k: tuple(v) for k, v in summary["network_inputs"].items()}))
+        shapes = {task: tuple(shape) for task, shape in summary["network_inputs"].items()}
+        forwards.append(bare_forward_seconds(models, shapes, options.mixed_precision))
     end_to_end, forward = min(runs), min(forwards)
-    return {"device": summary["device"], "end_to_end_s": round(end_to_end, 2), "forward_s": round(forward, 2),
-            "ratio": round(end_to_end / forward, 2), "stages_s": summary["seconds"],
+    return {"device": summary["device"], "precision": summary["precision"], "end_to_end_s": round(end_to_end, 2),
+            "forward_s": round(forward, 2), "ratio": round(end_to_end / forward, 2), "stages_s": summary["seconds"],
             "network_inputs": summary["network_inputs"], "lesions": summary["lesion_count"]}
 
 
@@ -101,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                              "float32, whose noise compresses poorly and reads slower")
     parser.add_argument("--no-foci", dest="foci", action="store_false",
                         help="without the foci classifier's search (as `breastseg segment --no-foci`)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="the breast and lesion networks in bfloat16 (CPU with native bf16) or float16 (CUDA), "
+                             "as `breastseg segment --mixed-precision`")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     configure_cpu_memory()
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = write_study(Path(folder), args.seed, args.dtype)
-        options = SegmentationOptions(foci=args.foci)
+        options = SegmentationOptions(foci=args.foci, mixed_precision=args.mixed_precision)
         results["cpu"] = measure(load_models(args.models, "cpu"), paths, args.repeats, options)
         if torch.cuda.is_available():
             results["cuda"] = measure(load_models(args.models, "cuda"), paths, args.repeats, options)
