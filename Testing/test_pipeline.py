@@ -20,9 +20,9 @@ from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.data.crops import CropBox
 from BreastSegmentationLib.data.preprocessing import Grid
 from BreastSegmentationLib.inference.pipeline import (
+    autocast_type,
     lesion_labels,
     load_models,
-    network_precision,
     rounded_probability,
     rounded_probability_on,
     segment_images,
@@ -213,11 +213,11 @@ def test_a_sagittally_stored_study_gives_the_same_segmentation_as_the_axial_one(
 
 def test_mixed_precision_where_it_does_not_pay_runs_float32_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # a CPU without bf16 instructions
-    assert network_precision(torch.device("cpu"), mixed_precision=False) is None and not caplog.records
-    assert network_precision(torch.device("cpu"), mixed_precision=True) is None
+    assert autocast_type(torch.device("cpu"), mixed_precision=False) is None and not caplog.records
+    assert autocast_type(torch.device("cpu"), mixed_precision=True) is None
     assert "running in float32" in caplog.text
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert network_precision(torch.device("cpu"), mixed_precision=True) is torch.bfloat16
+    assert autocast_type(torch.device("cpu"), mixed_precision=True) is torch.bfloat16
 
 
 def test_no_breast_found_is_a_clear_error_and_writes_nothing(tmp_path, rng):
@@ -250,7 +250,7 @@ def test_segment_command_writes_every_output_and_metrics_with_a_reference(tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lesion_count"] == 1
     assert [card["name"] for card in summary["models"]] == ["brs", "bls"]
-    assert summary["precision"] == "float32"
+    assert summary["network_precision"] == "float32"
     assert all(len(card["sha256"]) == 64 for card in summary["models"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recall"] == pytest.approx(1.0)
@@ -311,7 +311,8 @@ def test_many_studies_one_failing_is_reported_and_the_others_go_on(tmp_path, stu
     assert all((out / "good" / name).is_file() for name in OUTPUT_FILES)
     assert not (out / "flat").exists()
     mixed = precision_name(mixed_precision_dtype(torch.device("cpu"), enabled=True))
-    assert json.loads((out / "good" / "summary.json").read_text())["precision"] == mixed  # options reach each study
+    summary = json.loads((out / "good" / "summary.json").read_text())
+    assert summary["network_precision"] == mixed  # the batch's options reach each study
 
 
 def test_an_ensemble_lesion_card_runs_the_mean_of_its_networks(tmp_path, rng):
@@ -349,6 +350,8 @@ def test_the_demo_finds_the_sample_lesion_with_the_bundled_models(tmp_path, caps
         p.name for p in (tmp_path / "demo").iterdir())
     assert (printed["lesions_detected"], printed["false_positive_lesions"], printed["lesion_count"]) == (1, 0, 1)
     assert printed["dice"] > 0.7
+    mixed = mixed_precision_dtype(torch.device("cpu"), enabled=bool(precision))
+    assert printed["network_precision"] == precision_name(mixed)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     recorded = {card["task"]: card for card in summary["models"]}
     bundled = ModelCard.from_json(Path(recorded["lesion"]["path"]))

@@ -90,8 +90,9 @@ def measure(models: ModelSet, paths: tuple[Path, Path], repeats: int, options: S
         shapes = {task: tuple(shape) for task, shape in summary["network_inputs"].items()}
         forwards.append(bare_forward_seconds(models, shapes, options.mixed_precision))
     end_to_end, forward = min(runs), min(forwards)
-    return {"device": summary["device"], "precision": summary["precision"], "end_to_end_s": round(end_to_end, 2),
-            "forward_s": round(forward, 2), "ratio": round(end_to_end / forward, 2), "stages_s": summary["seconds"],
+    return {"device": summary["device"], "network_precision": summary["network_precision"],
+            "end_to_end_s": round(end_to_end, 2), "forward_s": round(forward, 2), "ratio": round(end_to_end / forward, 2),
+            "stages_s": summary["seconds"],
             "network_inputs": summary["network_inputs"], "lesions": summary["lesion_count"]}
 
 

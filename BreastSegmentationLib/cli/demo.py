@@ -36,6 +36,7 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     metrics = summary["metrics"]
     print_json({"output": str(Path(args.out).resolve()), "lesion_count": summary["lesion_count"],
                 "seconds": summary["seconds"]["total"], "device": summary["device"],
+                "network_precision": summary["network_precision"],
                 "dice": metrics["dice"], "lesions_detected": metrics["lesions"]["tp"],
                 "false_positive_lesions": metrics["lesions"]["fp"]})
     return 0

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     summary = segment_study(study, args.out, models, options_from(args), args.reference, progress=progress)
     print_json({"output": str(Path(args.out).resolve()), "lesion_count": summary["lesion_count"],
                 "seconds": summary["seconds"]["total"], "device": summary["device"],
+                "network_precision": summary["network_precision"],
                 **({"metrics": {k: summary["metrics"][k] for k in ("dice", "iou", "precision", "recall", "hd95")}}
                    if "metrics" in summary else {})})
     return 0

@@ -188,7 +188,8 @@ class Segmentation:
 
     The lesion probability is kept on the lesion model's crop (``probability_in_box``), and put onto that grid on a
     thread of its own (``probability_job``) while the foci are searched: :attr:`probability` waits for it.
-    ``foci`` lists the foci the classifier added (:func:`.foci.added_foci_rows`).
+    ``foci`` lists the foci the classifier added (:func:`.foci.added_foci_rows`); ``network_precision`` is the type
+    the breast and lesion networks ran in ('float32', 'bfloat16' or 'float16').
     """
 
     breast: sitk.Image
@@ -198,7 +199,7 @@ class Segmentation:
     post_aligned: sitk.Image
     seconds: dict[str, float]
     device: str
-    precision: str
+    network_precision: str
     threshold: float
     min_lesion_mm3: float
     min_lesion_peak: float | None
@@ -212,7 +213,7 @@ class Segmentation:
         return self.probability_job.result()
 
 
-def network_precision(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+def autocast_type(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
     """The breast and lesion networks' autocast type (None: float32). The foci classifier always runs in float32: it
     is a small share of the work (about 0.2 s of a study here), and its threshold of 0.99 leaves little room for
     rounding. Asking for mixed precision where it does not pay (a CPU without native bfloat16) runs float32 and
@@ -286,7 +287,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     """
     options = options or SegmentationOptions()
     progress = progress or silent()
-    precision = network_precision(models.device, options.mixed_precision)
+    precision = autocast_type(models.device, options.mixed_precision)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     progress.update("preparing", 0.0)
@@ -345,7 +346,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
         post_aligned=post,
         seconds=seconds,
         device=describe_device(models.device),
-        precision=precision_name(precision),
+        network_precision=precision_name(precision),
         threshold=threshold,
         min_lesion_mm3=min_volume,
         min_lesion_peak=min_peak,

@@ -122,7 +122,7 @@ def _summary(study: StudyInput, models: ModelSet, result: Segmentation, lesion_r
         "inputs": study.sources,
         "models": models.cards(),
         "device": result.device,
-        "precision": result.precision,
+        "network_precision": result.network_precision,
         "threshold": result.threshold,
         "min_lesion_mm3": result.min_lesion_mm3,
         "min_lesion_peak": result.min_lesion_peak,
