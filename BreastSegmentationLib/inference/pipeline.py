@@ -215,9 +215,9 @@ class Segmentation:
 
 def autocast_type(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
     """The breast and lesion networks' autocast type (None: float32). The foci classifier always runs in float32: it
-    is a small share of the work (about 0.2 s of a study here), and its threshold of 0.99 leaves little room for
-    rounding. Asking for mixed precision where it does not pay (a CPU without native bfloat16) runs float32 and
-    says so."""
+    is a small share of the work (about 0.2 s of a study here), and its probabilities stay those its threshold of
+    0.99 was chosen on. Asking for mixed precision where it does not pay (a CPU without native bfloat16) runs
+    float32 and says so."""
     precision = mixed_precision_dtype(device, mixed_precision)
     if mixed_precision and precision is None:
         log.warning("mixed precision needs a CUDA GPU or a CPU with native bfloat16 instructions; running in float32")
