@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -64,10 +62,16 @@ from .foci import (
     search_region,
 )
 from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size, without_labels
-from .runtime import describe_device, mixed_precision_dtype, precision_name, predict_slices, resolve_device
+from .runtime import (
+    describe_device,
+    in_background,
+    mixed_precision_dtype,
+    precision_name,
+    predict_slices,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Probabilities are kept to this step: finer steps mean nothing to a threshold or a display, and the noise of the
 #: tiny values made lesion_probability.nii.gz some 30 MB and the slowest output to compress.
@@ -97,16 +101,6 @@ def rounded_probability_on(probability: sitk.Image, reference: sitk.Image) -> si
         return empty_like(reference, sitk.sitkFloat32)
     block, start = resampled_block(cut_to_mask(probability, may_show, margin=1), reference)
     return paste_into_empty(rounded_probability(block), start, reference)
-
-
-def in_background(function: Callable[..., T], *args) -> Future[T]:
-    """``function(*args)`` started on a thread of its own, for work that leaves Python's GIL (ITK filters, most of
-    numpy) and may run beside the job's next stage."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(function, *args)
-    finally:
-        pool.shutdown(wait=False)
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""Device choice and torch settings shared by training and inference."""
+"""Device choice, torch settings and background threads shared by training and inference."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from ..errors import InputError
 from ..progress import Progress, silent
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+T = TypeVar("T")
 MEAN = MeanEnsemble()
 #: glibc's mallopt() parameters (malloc.h): the free memory at the top of the heap kept before trimming, and the
 #: most blocks served by separate memory maps.
@@ -54,6 +57,16 @@ def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | 
 def precision_name(precision: torch.dtype | None) -> str:
     """'float32' for None, else the autocast type's name ('bfloat16', 'float16')."""
     return "float32" if precision is None else str(precision).removeprefix("torch.")
+
+
+def in_background(function: Callable[..., T], *args) -> Future[T]:
+    """``function(*args)`` started on a thread of its own, for work that leaves Python's GIL (ITK filters, most of
+    numpy and scipy.ndimage) and may run beside the job's next step."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(function, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def configure_cpu_threads(threads: int | None = None) -> None:
