@@ -23,12 +23,14 @@ from BreastSegmentationLib.inference.foci import (
     find_foci,
     focus_region,
     lps_arrays,
+    lps_block_arrays,
     mask_like,
     patches,
     veto_centres,
     without_small_regions,
 )
 from BreastSegmentationLib.inference.pipeline import add_foci, load_models
+from BreastSegmentationLib.io.images import block_grid, reorient
 from BreastSegmentationLib.models.cards import ModelCard, save_model
 from BreastSegmentationLib.training.foci import (
     FOCI_CARD,
@@ -659,3 +661,23 @@ def test_examples_of_two_inputs_add_the_pre_contrast_cubes_and_train_only_a_card
         Examples.concatenate([alone, both])
     with pytest.raises(InputError, match="pre-contrast phase"):
         collect_examples([("s", (subtraction, breast, ball, SPACING, None))], SEARCH, inputs=("subtraction", "pre"))
+
+
+@pytest.mark.parametrize("code", ["LPS", "RAS", "SPL"])
+def test_block_arrays_equal_the_cut_blocks_turned_to_lps_and_their_grid_is_the_cuts(rng, code):
+    """Views of the study's voxels on an LPS grid, copies otherwise: the same values either way, and the block's
+    grid (no voxels) has the geometry of the cut itself."""
+    image = sitk.GetImageFromArray(rng.normal(size=(9, 12, 14)).astype(np.float32))
+    image.SetSpacing((0.8, 0.9, 2.0))
+    image.SetOrigin((-10.0, 20.0, 5.0))
+    image = reorient(image, code)
+    labels = sitk.Cast(image > 0.5, sitk.sitkUInt8)
+    size, index = [5, 4, 3], [2, 1, 3]
+    blocks = lps_block_arrays((image, labels), size, index)
+    cut = [sitk.RegionOfInterest(volume, size, index) for volume in (image, labels)]
+    for block, expected in zip(blocks, lps_arrays(*cut)):
+        assert np.array_equal(block, expected) and block.dtype == expected.dtype
+    assert blocks[0].flags.writeable == (code != "LPS")  # the views cannot change the study
+    grid = block_grid(image, size, index)
+    assert (grid.GetSize(), grid.GetOrigin(), grid.GetSpacing(), grid.GetDirection()) == (
+        cut[0].GetSize(), cut[0].GetOrigin(), cut[0].GetSpacing(), cut[0].GetDirection())

@@ -23,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError
-from ..io.images import bounding_box, reorient
+from ..io.images import bounding_box, orientation_code, reorient
 from .runtime import in_background
 
 #: Blob scores are robust z-scores of the difference of Gaussians; the breast median and MAD set the scale.
@@ -463,9 +463,19 @@ def lps_arrays(*images: sitk.Image) -> list[np.ndarray]:
     return [sitk.GetArrayFromImage(reorient(image, "LPS")) for image in images]
 
 
+def lps_block_arrays(images: Sequence[sitk.Image], size: list[int], index: list[int]) -> list[np.ndarray]:
+    """:func:`lps_arrays` of the block of ``size`` voxels from ``index`` (as for ``sitk.RegionOfInterest``) of
+    images of one grid. On an LPS-ordered grid (ITK's own, and DICOM's axial one) they are read-only views of the
+    images' voxels, which the caller keeps alive while it reads them: cutting and copying a study's three volumes
+    took about 0.09 s. Otherwise copies of the block, turned to LPS."""
+    if orientation_code(images[0]) != "LPS":
+        return lps_arrays(*(sitk.RegionOfInterest(image, size, index) for image in images))
+    block = tuple(slice(start, start + count) for start, count in zip(reversed(index), reversed(size)))
+    return [sitk.GetArrayViewFromImage(image)[block] for image in images]
+
+
 def mask_like(mask_lps: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """A UInt8 image of an LPS-ordered mask on ``reference``'s grid (whatever its orientation)."""
     image = sitk.GetImageFromArray(mask_lps.astype(np.uint8))
     image.CopyInformation(reorient(reference, "LPS"))
-    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
-    return reorient(image, code)
+    return reorient(image, orientation_code(reference))

@@ -37,6 +37,7 @@ from ..errors import InputError
 from ..io.images import (
     align_post_to_pre,
     as_float32,
+    block_grid,
     bounding_box,
     cut_to_mask,
     empty_like,
@@ -58,6 +59,7 @@ from .foci import (
     cube_volumes,
     find_foci,
     lps_arrays,
+    lps_block_arrays,
     mask_like,
     search_region,
 )
@@ -357,7 +359,7 @@ def probability_at_lesions(probability: sitk.Image, reference: sitk.Image, lesio
     grid), 0 elsewhere: the veto reads it at lesion voxels only, and interpolating the whole search block took about
     half a second."""
     box = bounding_box(sitk.GetArrayViewFromImage(lesions))[::-1]  # (x, y, z), the image's index order
-    block = sitk.RegionOfInterest(reference, [b.stop - b.start for b in box], [b.start for b in box])
+    block = block_grid(reference, [b.stop - b.start for b in box], [b.start for b in box])
     return resample_like(resample_like(probability, block), reference)
 
 
@@ -367,17 +369,19 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
     """``lesions`` (labels on ``pre``'s grid) with the foci of at least ``min_volume_mm3`` that the classifier finds
     added and, given the lesion ``probability`` (any grid) and a card that vetoes, the lesions it rejects removed,
     relabelled 1..N by decreasing volume; one row per focus added (:func:`added_foci_rows`); the shape of the
-    classifier's input. The volumes are cut to the block the search reads before anything else."""
+    classifier's input. The search reads the block of the volumes it needs only (views of their voxels where
+    :func:`lps_block_arrays` can)."""
     search = FocusSearch.from_dict(model.card.preprocessing)
     region = search_region(breast, search, lesions)
     if region is None:
         return lesions, [], (0, len(model.card.inputs)) + (search.patch_voxels,) * 3
-    crops = [sitk.RegionOfInterest(image, *region) for image in (pre, post, breast, lesions)]
-    pre_a, post_a, breast_a, lesion_a = lps_arrays(*crops)
-    lps_grid = reorient(crops[0], "LPS")  # its spacing is the arrays' (a sagittal study's axes are permuted)
+    grid, lesion_crop = block_grid(pre, *region), sitk.RegionOfInterest(lesions, *region)
+    pre_a, post_a, breast_a = lps_block_arrays((pre, post, breast), *region)
+    (lesion_a,) = lps_arrays(lesion_crop)
+    lps_grid = reorient(grid, "LPS")  # its spacing is the arrays' (a sagittal study's axes are permuted)
     probability_a = None
     if probability is not None and search.veto_below is not None and lesion_a.any():
-        (probability_a,) = lps_arrays(probability_at_lesions(probability, crops[0], crops[3]))
+        (probability_a,) = lps_arrays(probability_at_lesions(probability, grid, lesion_crop))
     subtraction = post_a - pre_a
     foci = find_foci(subtraction, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
                      model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a,
@@ -387,8 +391,9 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
     # Every lesion lies in the block (search_region), so the map is rebuilt there and put back on the whole grid:
     # with foci added, labelled again by size; with lesions vetoed only, the others keep their order.
     if foci.mask.any():
-        kept = sitk.ChangeLabel(crops[3], changeMap={label: 0 for label in foci.vetoed}) if foci.vetoed else crops[3]
-        relabelled = label_by_size(sitk.Or(sitk.Cast(kept > 0, sitk.sitkUInt8), mask_like(foci.mask, crops[0])))
+        kept = sitk.ChangeLabel(lesion_crop, changeMap={label: 0 for label in foci.vetoed}) if foci.vetoed \
+            else lesion_crop
+        relabelled = label_by_size(sitk.Or(sitk.Cast(kept > 0, sitk.sitkUInt8), mask_like(foci.mask, grid)))
     else:
-        relabelled = without_labels(crops[3], foci.vetoed, int(lesion_a.max()))
+        relabelled = without_labels(lesion_crop, foci.vetoed, int(lesion_a.max()))
     return paste_into_empty(relabelled, region[1], lesions), added_foci_rows(foci, lps_grid), foci.network_input

@@ -124,13 +124,20 @@ def resampled_block(image: sitk.Image, reference: sitk.Image, is_mask: bool = Fa
         pixel_type = sitk.sitkFloat64 if image.GetPixelID() == sitk.sitkFloat64 else sitk.sitkFloat32
     start, stop = _covered_block(image, reference)
     index = [int(v) for v in start]
-    block_reference = sitk.Image([int(v) for v in np.maximum(stop - start, 0)], sitk.sitkUInt8)
-    block_reference.SetSpacing(reference.GetSpacing())
-    block_reference.SetDirection(reference.GetDirection())
-    block_reference.SetOrigin(reference.TransformIndexToPhysicalPoint(index))
+    block_reference = block_grid(reference, [int(v) for v in np.maximum(stop - start, 0)], index)
     if np.any(stop <= start):
         return sitk.Cast(block_reference, pixel_type), index
     return sitk.Resample(image, block_reference, sitk.Transform(), interpolator, 0.0, pixel_type), index
+
+
+def block_grid(image: sitk.Image, size: list[int], index: list[int]) -> sitk.Image:
+    """An empty UInt8 image on the grid of ``image``'s block of ``size`` voxels from ``index`` (x, y, z, as for
+    ``sitk.RegionOfInterest``): a reference grid for resampling and geometry that copies no voxel."""
+    block = sitk.Image(size, sitk.sitkUInt8)
+    block.SetSpacing(image.GetSpacing())
+    block.SetDirection(image.GetDirection())
+    block.SetOrigin(image.TransformIndexToPhysicalPoint(index))
+    return block
 
 
 def empty_like(reference: sitk.Image, pixel_type: int) -> sitk.Image:
@@ -281,10 +288,15 @@ def reorient_to_ras(image: sitk.Image) -> sitk.Image:
     return reorient(image, "RAS")
 
 
+def orientation_code(image: sitk.Image) -> str:
+    """The DICOMOrient code of ``image``'s axes ("LPS" for the identity direction)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
 def reorient(image: sitk.Image, code: str) -> sitk.Image:
     """``image`` with its axes permuted and flipped towards ``code`` (DICOMOrient's convention); ``image`` itself,
     not a copy, when it already is (the copy of a large volume costs a tenth of a second each time)."""
-    if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) == code:
+    if orientation_code(image) == code:
         return image
     return sitk.DICOMOrient(image, code)
 
