@@ -350,6 +350,11 @@ def equalise_jointly(channels: np.ndarray, body: np.ndarray) -> np.ndarray:
     return np.asarray(equalise(channels, mask=np.broadcast_to(body, channels.shape)), dtype=np.float32)
 
 
+def model_grid(image: sitk.Image, config: PreprocessConfig) -> Grid:
+    """The grid a model with ``config`` sees a (RAS-ordered) study on: the study's own, or its in-plane resampling."""
+    return Grid.of(image) if config.spacing_mm is None else inplane_grid(image, config.spacing_mm)
+
+
 def prepare_case(pre: sitk.Image, post: sitk.Image, breast: sitk.Image | None = None,
                  lesions: sitk.Image | None = None, config: PreprocessConfig | None = None,
                  case_id: str = "case", patient_id: str | None = None,
@@ -366,7 +371,7 @@ def prepare_case(pre: sitk.Image, post: sitk.Image, breast: sitk.Image | None = 
     if statistics is None:
         statistics = intensity_statistics(sitk.GetArrayViewFromImage(pre_ras), sitk.GetArrayViewFromImage(post_ras),
                                           config, case_id)
-    grid = Grid.of(pre_ras) if config.spacing_mm is None else inplane_grid(pre_ras, config.spacing_mm)
+    grid = model_grid(pre_ras, config)
     # One array for every channel, filled in place: these volumes are the largest copies of the whole job.
     channels = np.empty((len(config.channels), *reversed(grid.size)), dtype=np.float32)
     for index, image in enumerate((pre_ras, post_ras)):

@@ -28,6 +28,7 @@ from ..data.preprocessing import (
     PreprocessConfig,
     channel_stack,
     check_inputs,
+    model_grid,
     prepare_case,
     select_channels,
     study_background,
@@ -300,10 +301,15 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     seconds["breast"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    # The breast mask goes onto the lesion model's grid on a thread while that model's inputs are prepared (both
+    # mostly leave Python's GIL).
+    lesion_grid = model_grid(pre_ras, models.lesion.preprocessing)
+    breast_job = in_background(breast_mask_on, breast_probability, models.breast.card.threshold,
+                               lesion_grid.reference())
     shared = models.breast.preprocessing.intensity_settings == models.lesion.preprocessing.intensity_settings
     prepared = prepare_case(pre_ras, post_ras, config=models.lesion.preprocessing, case_id="study",
                             statistics=for_breast.statistics if shared else None)
-    breast = breast_mask_on(breast_probability, models.breast.card.threshold, prepared.grid.reference())
+    breast = breast_job.result()
     breast_array = sitk.GetArrayFromImage(breast)
     if not breast_array.any():
         raise InputError("no breast tissue found: the breast model found no breast in this study "
