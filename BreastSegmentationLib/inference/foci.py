@@ -193,6 +193,16 @@ def _linear_weights(step_ratio: float, count: int) -> tuple[np.ndarray, int, np.
     return positions, first, weights
 
 
+def _interpolated(blocks: np.ndarray, along_z: np.ndarray, along_y: np.ndarray, along_x: np.ndarray) -> np.ndarray:
+    """(n, z, y, x) ``blocks`` with each axis multiplied by its (points, sources) weights: three matrix products,
+    torch's (on every thread; numpy's einsum of the same took four times as long)."""
+    with torch.inference_mode():
+        cubes = torch.from_numpy(blocks) @ torch.from_numpy(along_x).T
+        cubes = torch.from_numpy(along_y) @ cubes
+        cubes = torch.einsum("az,nzbc->nabc", torch.from_numpy(along_z), cubes)
+    return cubes.numpy()
+
+
 def patches(subtraction: np.ndarray, peaks: np.ndarray, spacing_xyz: tuple[float, ...], search: FocusSearch,
             offset: float, scale: float) -> np.ndarray:
     """(N, 1, P, P, P) float32 cubes of the normalised subtraction centred on ``peaks``, sampled linearly at
@@ -218,8 +228,8 @@ def patches(subtraction: np.ndarray, peaks: np.ndarray, spacing_xyz: tuple[float
             block[tuple(slice(a, b) for a, b in zip(low - start, high - start))] = \
                 subtraction[tuple(slice(a, b) for a, b in zip(low, high))]
         # Each point's weights sum to 1, so normalising the cubes equals normalising the volume, at a fraction of it.
-        cubes[first_peak:first_peak + len(chunk), 0] = (np.einsum("cx,by,az,nzyx->nabc", along_x, along_y, along_z,
-                                                                  blocks, optimize=True) - offset) / scale
+        interpolated = _interpolated(blocks, along_z, along_y, along_x)
+        cubes[first_peak:first_peak + len(chunk), 0] = (interpolated - offset) / scale
     for cube, peak in zip(cubes[:, 0], peaks):
         # Points beyond the volume's first or last voxel take the outside value, as map_coordinates's "constant".
         outside = [(c + positions < 0) | (c + positions > n - 1)
