@@ -52,6 +52,22 @@ def test_sagittal_acquisition_covers_the_study_and_its_labels_come_back_to_the_s
     assert on_grid(study, study) is study
 
 
+def test_tilted_acquisition_turns_the_axes_about_left_right_and_covers_the_study():
+    study = mask_image([MASS])
+    study.SetOrigin((-20.0, 10.0, -30.0))
+    pre, post = as_acquired(sitk.Cast(study, sitk.sitkFloat32) * 100.0, sitk.Cast(study, sitk.sitkFloat32) * 300.0,
+                            tilt_degrees=20.0)
+    assert pre.GetSpacing() == study.GetSpacing() and post.GetSize() == pre.GetSize()
+    axes = np.array(pre.GetDirection()).reshape(3, 3)
+    assert axes[:, 0] == pytest.approx((1.0, 0.0, 0.0))  # rows still run from the patient's right to left
+    assert np.degrees(np.arccos(axes[:, 2] @ (0.0, 0.0, 1.0))) == pytest.approx(20.0)  # slices 20 degrees off axial
+    for ends in np.ndindex(2, 2, 2):
+        corner = study.TransformIndexToPhysicalPoint([e * (n - 1) for e, n in zip(ends, study.GetSize())])
+        index = np.array(pre.TransformPhysicalPointToContinuousIndex(corner))
+        assert np.all(index >= -1e-6) and np.all(index <= np.array(pre.GetSize()) - 1 + 1e-6)
+    assert lesion_scores(on_grid(sitk.Cast(pre > 50.0, sitk.sitkUInt8), study), study)["lesion_dice"] > 0.9
+
+
 def test_resliced_acquisition_keeps_the_rows_columns_and_extent_with_thinner_slices():
     study = mask_image([MASS])
     pre, post = as_acquired(sitk.Cast(study, sitk.sitkFloat32) * 100.0, sitk.Cast(study, sitk.sitkFloat32) * 300.0,

@@ -1,7 +1,8 @@
 """Accuracy of a model set on held-out phantom cases (seeds never used in training).
 
     python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--no-motion-correction]
-                                  [--uptake 1] [--sagittal SLICE_MM | --reslice SLICE_MM] [--min-lesion-peak P]
+                                  [--uptake 1] [--sagittal SLICE_MM | --reslice SLICE_MM | --tilt DEGREES]
+                                  [--min-lesion-peak P]
                                   [--mixed-precision] [--out accuracy.json]
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive
@@ -13,7 +14,9 @@ another contrast dose or an earlier or later first post-contrast phase does, to 
 ``--sagittal`` resamples both phases onto a sagittal grid (0.8 mm in-plane, slices ``SLICE_MM`` apart from the
 patient's right to left), as sagittal DCE protocols acquire, and scores the result on the study's own grid: the
 models were trained on axial studies only. ``--reslice`` resamples both phases onto axial slices ``SLICE_MM`` apart,
-as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--min-lesion-peak`` replaces
+as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--tilt`` resamples them onto a grid
+of the study's spacing turned about the left-right axis, as an oblique prescription acquires a patient lying straight
+(or a straight prescription a patient lying tilted); the models were trained on studies whose axes are the patient's. ``--min-lesion-peak`` replaces
 the lesion card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the
 networks as ``breastseg segment --mixed-precision`` does.
 """
@@ -90,18 +93,33 @@ SAGITTAL_IN_PLANE_MM = 0.8
 SAGITTAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
-def sagittal_grid(image: sitk.Image, slice_mm: float) -> sitk.Image:
-    """An empty sagittal grid (:data:`SAGITTAL_DIRECTION`) that covers ``image``."""
+def covering_grid(image: sitk.Image, direction: np.ndarray, spacing: tuple[float, ...]) -> sitk.Image:
+    """An empty grid of ``direction`` (3 x 3, its columns the axes in LPS) and ``spacing`` that covers ``image``."""
     corners = np.array([image.TransformContinuousIndexToPhysicalPoint([end * (size - 1) for end, size in
                                                                        zip(ends, image.GetSize())])
                         for ends in np.ndindex(2, 2, 2)])
-    along = corners @ SAGITTAL_DIRECTION  # each corner's coordinate along the grid's three axes
-    spacing = np.array([SAGITTAL_IN_PLANE_MM, SAGITTAL_IN_PLANE_MM, slice_mm])
+    along = corners @ direction  # each corner's coordinate along the grid's three axes
+    spacing = np.asarray(spacing, dtype=float)
     grid = sitk.Image([int(n) for n in np.ceil((along.max(0) - along.min(0)) / spacing) + 1], sitk.sitkFloat32)
     grid.SetSpacing(spacing.tolist())
-    grid.SetDirection(SAGITTAL_DIRECTION.ravel().tolist())
-    grid.SetOrigin((SAGITTAL_DIRECTION @ along.min(0)).tolist())
+    grid.SetDirection(direction.ravel().tolist())
+    grid.SetOrigin((direction @ along.min(0)).tolist())
     return grid
+
+
+def sagittal_grid(image: sitk.Image, slice_mm: float) -> sitk.Image:
+    """An empty sagittal grid (:data:`SAGITTAL_DIRECTION`) that covers ``image``."""
+    return covering_grid(image, SAGITTAL_DIRECTION, (SAGITTAL_IN_PLANE_MM, SAGITTAL_IN_PLANE_MM, slice_mm))
+
+
+def tilted_grid(image: sitk.Image, degrees: float) -> sitk.Image:
+    """An empty grid of ``image``'s spacing, its axes turned by ``degrees`` about the patient's left-right axis (an
+    oblique axial prescription, or a patient lying with the head lower or higher), that covers ``image``."""
+    angle = np.radians(degrees)
+    about_left_right = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)],
+                                 [0.0, np.sin(angle), np.cos(angle)]])
+    direction = about_left_right @ np.array(image.GetDirection()).reshape(3, 3)
+    return covering_grid(image, direction, image.GetSpacing())
 
 
 def resliced_grid(image: sitk.Image, slice_mm: float) -> sitk.Image:
@@ -115,13 +133,18 @@ def resliced_grid(image: sitk.Image, slice_mm: float) -> sitk.Image:
     return grid
 
 
-def as_acquired(pre: sitk.Image, post: sitk.Image, sagittal_mm: float = 0.0,
-                reslice_mm: float = 0.0) -> tuple[sitk.Image, sitk.Image]:
-    """The two phases as given, or resampled (linearly) onto a sagittal grid with slices ``sagittal_mm`` apart, or
-    onto axial slices ``reslice_mm`` apart."""
-    if not (sagittal_mm or reslice_mm):
+def as_acquired(pre: sitk.Image, post: sitk.Image, sagittal_mm: float = 0.0, reslice_mm: float = 0.0,
+                tilt_degrees: float = 0.0) -> tuple[sitk.Image, sitk.Image]:
+    """The two phases as given, or resampled (linearly) onto a sagittal grid with slices ``sagittal_mm`` apart, onto
+    axial slices ``reslice_mm`` apart, or onto a grid tilted by ``tilt_degrees``."""
+    if sagittal_mm:
+        grid = sagittal_grid(pre, sagittal_mm)
+    elif reslice_mm:
+        grid = resliced_grid(pre, reslice_mm)
+    elif tilt_degrees:
+        grid = tilted_grid(pre, tilt_degrees)
+    else:
         return pre, post
-    grid = sagittal_grid(pre, sagittal_mm) if sagittal_mm else resliced_grid(pre, reslice_mm)
     return tuple(sitk.Resample(sitk.Cast(phase, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
                  for phase in (pre, post))
 
@@ -134,10 +157,11 @@ def on_grid(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 
 def evaluate_case(seed: int, models, motion_mm: float = 0.0, options: SegmentationOptions | None = None,
-                  uptake: float = 1.0, sagittal_mm: float = 0.0, reslice_mm: float = 0.0) -> dict:
+                  uptake: float = 1.0, sagittal_mm: float = 0.0, reslice_mm: float = 0.0,
+                  tilt_degrees: float = 0.0) -> dict:
     case = generate_case(seed)
     pre, post = as_acquired(case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm), sagittal_mm,
-                            reslice_mm)
+                            reslice_mm, tilt_degrees)
     result = segment_images(pre, post, models, options)
     return {
         "seed": seed, "vendor": case.info["vendor"], "fat_sat": case.info["fat_sat"],
@@ -169,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                              help="segment the study resampled onto a sagittal grid with slices this far apart (mm)")
     acquisition.add_argument("--reslice", type=float, default=0.0, metavar="SLICE_MM",
                              help="segment the study resampled onto axial slices this far apart (mm)")
+    acquisition.add_argument("--tilt", type=float, default=0.0, metavar="DEGREES",
+                             help="segment the study resampled onto a grid turned this far about the left-right "
+                                  "axis (an oblique prescription)")
     parser.add_argument("--min-lesion-peak", type=float,
                         help="keep lesions whose probability reaches this somewhere (default: the lesion card's)")
     parser.add_argument("--mixed-precision", action="store_true",
@@ -185,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                                   SegmentationOptions(motion_correction=args.motion_correction,
                                                       min_lesion_peak=args.min_lesion_peak,
                                                       mixed_precision=args.mixed_precision), args.uptake,
-                                  args.sagittal, args.reslice))
+                                  args.sagittal, args.reslice, args.tilt))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)
     print(markdown_table(rows))
