@@ -14,10 +14,10 @@ another contrast dose or an earlier or later first post-contrast phase does, to 
 ``--sagittal`` resamples both phases onto a sagittal grid (0.8 mm in-plane, slices ``SLICE_MM`` apart from the
 patient's right to left), as sagittal DCE protocols acquire, and scores the result on the study's own grid: the
 models were trained on axial studies only. ``--reslice`` resamples both phases onto axial slices ``SLICE_MM`` apart,
-as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--tilt`` resamples them onto a grid
-of the study's spacing turned about the left-right axis, as an oblique prescription acquires a patient lying straight
-(or a straight prescription a patient lying tilted); the models were trained on studies whose axes are the patient's. ``--min-lesion-peak`` replaces
-the lesion card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the
+as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--tilt`` resamples them onto
+a grid of the study's spacing turned about the left-right axis, as an oblique prescription acquires a patient lying
+straight; the models were trained on studies whose axes are the patient's. ``--min-lesion-peak`` replaces the lesion
+card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the
 networks as ``breastseg segment --mixed-precision`` does.
 """
 
