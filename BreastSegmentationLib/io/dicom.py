@@ -203,6 +203,7 @@ class _Slice:
     sequence: tuple[float | None, ...]  #: RepetitionTime, EchoTime, FlipAngle
     b_value: float | None
     frame: int | None = None  #: the frame's number (from 0) in an enhanced multi-frame file; None for a single slice
+    rescale: tuple[float, float] = (1.0, 0.0)  #: (slope, intercept) of the stored values: the frame's, or the file's
 
     @classmethod
     def of(cls, path: Path, dataset: pydicom.Dataset) -> _Slice:
@@ -236,6 +237,8 @@ class _Slice:
             contrast_agent="" if agent.lower() in _ABSENT_AGENT else agent,
             sequence=(_float(dataset, "RepetitionTime"), _float(dataset, "EchoTime"), _float(dataset, "FlipAngle")),
             b_value=_float(dataset, "DiffusionBValue"),
+            rescale=(_rescale(pydicom.Dataset(), dataset, "RescaleSlope", 1.0),
+                     _rescale(pydicom.Dataset(), dataset, "RescaleIntercept", 0.0)),
         )
 
     @classmethod
@@ -251,8 +254,11 @@ class _Slice:
             sequence = (_float(timing, "RepetitionTime"), _float(echo, "EffectiveEchoTime"),
                         _float(timing, "FlipAngle"))
             temporal_position = _int(content, "TemporalPositionIndex")
+            transform = _functional_group(dataset, groups, "PixelValueTransformationSequence")
             frames.append(replace(
                 whole, instance_uid=f"{whole.instance_uid}#frame{number + 1}", frames=1, frame=number,
+                rescale=(_rescale(transform, dataset, "RescaleSlope", 1.0),
+                         _rescale(transform, dataset, "RescaleIntercept", 0.0)),
                 position=_floats(_functional_group(dataset, groups, "PlanePositionSequence"),
                                  "ImagePositionPatient", 3),
                 orientation=_floats(_functional_group(dataset, groups, "PlaneOrientationSequence"),
@@ -483,6 +489,7 @@ class SeriesInfo:
     image_type: tuple[str, ...]
     files: tuple[Path, ...]  #: sorted along the slice normal when the phase is a volume
     frames: tuple[int | None, ...]  #: for each of ``files``, the frame it holds (None: the whole single-frame file)
+    rescales: tuple[tuple[float, float], ...]  #: for each of ``files``, its (frame's) stored values' (slope, intercept)
     n_slices: int
     acquisition_time: float | None
     content_time: float | None
@@ -507,7 +514,7 @@ class SeriesInfo:
             uid=uid, series_uid=first.series_uid, study_uid=first.study_uid, description=first.description,
             modality=first.modality, sop_class_uid=first.sop_class_uid, series_number=first.series_number,
             image_type=first.image_type, files=tuple(item.path for item in ordered),
-            frames=tuple(item.frame for item in ordered),
+            frames=tuple(item.frame for item in ordered), rescales=tuple(item.rescale for item in ordered),
             n_slices=sum(item.frames for item in ordered),
             acquisition_time=_earliest([item.acquisition_time for item in ordered]),
             content_time=_earliest([item.content_time for item in ordered]),
@@ -873,7 +880,7 @@ def _rescale(transform: pydicom.Dataset, header: pydicom.Dataset, keyword: str, 
 
 def _read_frames(series: SeriesInfo) -> sitk.Image:
     """A phase made of frames of enhanced multi-frame files: each frame's stored values through its own rescale
-    (the Pixel Value Transformation functional group), on the phase's grid.
+    (the Pixel Value Transformation functional group, read at discovery), on the phase's grid.
 
     Written here because SimpleITK (GDCM) reads a multi-frame file as one volume of all its frames, so a file that
     holds every phase of a dynamic series cannot be read one phase at a time; pydicom decodes only the frames asked
@@ -886,14 +893,10 @@ def _read_frames(series: SeriesInfo) -> sitk.Image:
         by_file.setdefault(path, []).append((slot, frame or 0))
     for path, wanted in by_file.items():
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-            per_frame = _value(header, "PerFrameFunctionalGroupsSequence")
             stored = pydicom.pixels.iter_pixels(path, indices=[frame for _, frame in wanted])
-            for (slot, frame), values in zip(wanted, stored, strict=True):
-                transform = _functional_group(header, per_frame[frame] if per_frame else None,
-                                              "PixelValueTransformationSequence")
-                volume[slot] = (values * _rescale(transform, header, "RescaleSlope", 1.0)
-                                + _rescale(transform, header, "RescaleIntercept", 0.0))
+            for (slot, _), values in zip(wanted, stored, strict=True):
+                slope, intercept = series.rescales[slot]
+                volume[slot] = values * slope + intercept
         except Exception as error:  # pydicom raises many types on undecodable pixel data; name the file instead
             reason = " ".join(str(error).split())  # one line: pydicom lists the missing decoders line by line
             raise InputError(f"cannot read {series.label}: {type(error).__name__}: {reason}", path) from error
