@@ -100,6 +100,40 @@ def test_decoy_series_are_classified(tmp_path, phases, convention):
     assert all(phase.reasons for phase in found.others)
 
 
+def _write_reformats(phases: list[sitk.Image], folder: Path, into: Path | None = None) -> Path:
+    """Sagittal reformats of ``phases`` (ImageType DERIVED/SECONDARY/MPR) as a study in ``folder``, or as series of
+    the study ``into`` numbered before its acquired ones (without a preference the first cluster found would win);
+    returns the folder that holds them."""
+    write_dce_study(folder, [sitk.DICOMOrient(phase, "PSL") for phase in phases], "siemens", seed=1)
+    acquired = None if into is None else pydicom.dcmread(next(into.rglob("*.dcm")), stop_before_pixels=True)
+    target = folder if into is None else into / "reformats"
+    target.mkdir(exist_ok=True)
+    for path in sorted(folder.rglob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        if acquired is not None:
+            dataset.StudyInstanceUID, dataset.PatientID = acquired.StudyInstanceUID, acquired.PatientID
+        dataset.ImageType = ["DERIVED", "SECONDARY", "MPR"]
+        dataset.SeriesNumber = int(dataset.SeriesNumber) - 4
+        dataset.save_as(path if into is None else target / f"{dataset.SeriesNumber:04d}_{path.name}")
+    return target
+
+
+def test_acquired_dce_phases_are_chosen_over_their_reformats(tmp_path, phases):
+    study = write_dce_study(tmp_path / "study", phases[:2], "siemens")
+    reformats = _write_reformats(phases[:2], tmp_path / "reformatted", into=study)
+    found = discover_study(study)
+    assert not any(reformats in path.parents for path in found.pre.files + found.first_post.files)
+    assert _which_phase(found.pre, phases) == 0 and _which_phase(found.first_post, phases) == 1
+    assert not any("reformatted" in warning for warning in found.warnings)
+
+
+def test_reformatted_dce_phases_alone_are_used_with_a_warning(tmp_path, phases):
+    found = discover_study(_write_reformats(phases[:2], tmp_path / "reformatted"))
+    assert found.pre is not None and found.first_post is not None
+    assert found.pre.image_type == ("DERIVED", "SECONDARY", "MPR")
+    assert any("reformatted series" in warning for warning in found.warnings)
+
+
 def _delete_pre_contrast_files(study: Path, convention: str) -> None:
     """Remove what the writer wrote for the first phase (its series, or its files in the multi-phase series)."""
     dce_folder = next(study.glob("0005_*"))

@@ -18,7 +18,8 @@ How :func:`discover_study` decides (every decision keeps its reasons, no single 
 4. Cluster the remaining volumes by identical geometry (size, spacing, orientation, position) and sequence (TR,
    TE, flip angle) within one study: the phases of one DCE acquisition share both. The cluster with the most DCE
    evidence (two phases or more, DCE words such as "dyn", "vibrant", "thrive", "twist", a contrast agent,
-   temporal positions) is the DCE group; the other volumes are "other MR".
+   temporal positions) is the DCE group; on a tie, acquired phases win over reformatted ones (ImageType
+   REFORMATTED or MPR), and a reformatted DCE group gets a warning. The other volumes are "other MR".
 5. Order the DCE group by the first of AcquisitionTime, ContentTime, SeriesTime, TemporalPositionIdentifier,
    TriggerTime, the time in the description ("TT=23.4s"), SeriesNumber that is known and different for every phase.
    The other such keys are checked against that order; a disagreement becomes a warning.
@@ -92,6 +93,8 @@ _OTHER_CONTRAST_WORDS = {
 }
 _IMAGE_TYPE_CLASSES = {"DIFFUSION": "diffusion", "TRACEW": "diffusion", "ADC": "ADC map", "MIP": "MIP",
                        "PROJECTION IMAGE": "MIP"}
+#: ImageType values of series resampled from others (multi-planar reformats) rather than acquired.
+_REFORMAT_TYPES = ("REFORMATTED", "MPR")
 _PRE_WORDS = r"\b(pre|precontrast|pre contrast|pregad|pre gad|pre gd|nativ|native|mask|unenhanced|baseline|" \
              r"non ?contrast)\b"
 _POST_WORDS = r"(\b(post|postcontrast|postgad|pass|delayed|gad|gd|gado)\b|\b\d+(st|nd|rd|th)\b|\+ ?c\b)"
@@ -631,6 +634,11 @@ def _clusters(volumes: list[SeriesInfo]) -> list[list[SeriesInfo]]:
     return clusters
 
 
+def _reformatted(cluster: list[SeriesInfo]) -> bool:
+    """Whether the volumes of ``cluster`` are reformats (resampled from other series), by their ImageType."""
+    return all(any(kind in phase.image_type for kind in _REFORMAT_TYPES) for phase in cluster)
+
+
 def _dce_evidence(cluster: list[SeriesInfo]) -> tuple[int, list[str]]:
     """How strongly a cluster of volumes looks like a DCE acquisition, and why."""
     evidence = []
@@ -789,7 +797,12 @@ def _classify(phases: list[SeriesInfo], warnings: list[str]) -> tuple[SeriesInfo
             phase.classification = "other MR"
             phase.reasons.append("a volume without DCE evidence")
         return None, []
-    dce, _, evidence = max(candidates, key=lambda candidate: (candidate[1], len(candidate[0])))
+    dce, _, evidence = max(candidates, key=lambda candidate: (candidate[1], not _reformatted(candidate[0]),
+                                                              len(candidate[0])))
+    if _reformatted(dce):
+        _warn(warnings, f"the DCE phases are reformatted series (ImageType {'/'.join(dce[0].image_type)}): the "
+                        "models learnt from acquired slices, and studies resampled onto turned grids had twice the "
+                        "false-positive lesions on phantom studies; use the acquired series where there are any")
     for phase in volumes:
         if not any(phase is member for member in dce):
             phase.classification = "other MR"
