@@ -240,8 +240,7 @@ class _Slice:
             contrast_agent="" if agent.lower() in _ABSENT_AGENT else agent,
             sequence=(_float(dataset, "RepetitionTime"), _float(dataset, "EchoTime"), _float(dataset, "FlipAngle")),
             b_value=_float(dataset, "DiffusionBValue"),
-            rescale=(_rescale(pydicom.Dataset(), dataset, "RescaleSlope", 1.0),
-                     _rescale(pydicom.Dataset(), dataset, "RescaleIntercept", 0.0)),
+            rescale=_slope_and_intercept(pydicom.Dataset(), dataset),
         )
 
     @classmethod
@@ -260,8 +259,7 @@ class _Slice:
             transform = _functional_group(dataset, groups, "PixelValueTransformationSequence")
             frames.append(replace(
                 whole, instance_uid=f"{whole.instance_uid}#frame{number + 1}", frames=1, frame=number,
-                rescale=(_rescale(transform, dataset, "RescaleSlope", 1.0),
-                         _rescale(transform, dataset, "RescaleIntercept", 0.0)),
+                rescale=_slope_and_intercept(transform, dataset),
                 position=_floats(_functional_group(dataset, groups, "PlanePositionSequence"),
                                  "ImagePositionPatient", 3),
                 orientation=_floats(_functional_group(dataset, groups, "PlaneOrientationSequence"),
@@ -889,6 +887,11 @@ def _rescale(transform: pydicom.Dataset, header: pydicom.Dataset, keyword: str, 
     value = _float(transform, keyword)
     value = _float(header, keyword) if value is None else value
     return default if value is None else value
+
+
+def _slope_and_intercept(transform: pydicom.Dataset, header: pydicom.Dataset) -> tuple[float, float]:
+    """A frame's (or a file's, given an empty ``transform``) rescale slope and intercept (:func:`_rescale`)."""
+    return _rescale(transform, header, "RescaleSlope", 1.0), _rescale(transform, header, "RescaleIntercept", 0.0)
 
 
 def _read_frames(series: SeriesInfo) -> sitk.Image:
