@@ -171,6 +171,46 @@ def test_classify_averages_the_networks_probabilities():
     assert classify([tiny_classifier(2.0)], cubes[:0], torch.device("cpu")).shape == (0,)
 
 
+class RightOfCentre(torch.nn.Module):
+    """Answers from one voxel 4 to the right of the cube's centre: its mirror image reads 4 to the left; with
+    ``antisymmetric``, the difference of the two, so a cube and its mirror image get opposite logits."""
+
+    def __init__(self, antisymmetric: bool = False):
+        super().__init__()
+        self.antisymmetric = antisymmetric
+
+    def forward(self, cubes: torch.Tensor) -> torch.Tensor:
+        logit = cubes[:, :1, 16, 16, 20] - (cubes[:, :1, 16, 16, 11] if self.antisymmetric else 0.0)
+        return 5.0 * logit
+
+
+def test_mirroring_averages_each_cube_with_its_left_right_mirror_image(rng):
+    cubes = rng.normal(size=(5, 1, 32, 32, 32)).astype(np.float32)
+    plain = classify([RightOfCentre()], cubes, torch.device("cpu"), batch_size=2)
+    mirrored = classify([RightOfCentre()], cubes, torch.device("cpu"), mirror=True, batch_size=2)
+    sigmoid = 1.0 / (1.0 + np.exp(-5.0 * cubes[:, 0, 16, 16, [20, 11]]))
+    np.testing.assert_allclose(plain, sigmoid[:, 0], atol=1e-6)
+    np.testing.assert_allclose(mirrored, sigmoid.mean(axis=1), atol=1e-6)
+
+
+def test_the_foci_cards_mirroring_reaches_candidates_and_vetoes(study):
+    subtraction, breast, ball = study
+    images = []
+    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), ball.astype(np.uint16),
+                  ball.astype(np.float32)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        images.append(image)
+    card = dataclasses.replace(FOCI_CARD, threshold=0.6, test_time_mirroring=True,
+                               preprocessing={**FOCI_CARD.preprocessing, "veto_below": 0.4})
+    loaded = type("Loaded", (), {"networks": [RightOfCentre(antisymmetric=True)], "card": card})()
+    labelled, added, _ = add_foci(*images[:4], loaded, torch.device("cpu"), 0.0, images[4])
+    assert added == [] and (sitk.GetArrayFromImage(labelled) == ball).all()  # every cube at 0.5 with its mirror
+    loaded.card = dataclasses.replace(card, test_time_mirroring=False)
+    labelled, added, _ = add_foci(*images[:4], loaded, torch.device("cpu"), 0.0, images[4])
+    assert added and (sitk.GetArrayFromImage(labelled) != ball).any()
+
+
 def test_find_foci_adds_what_the_classifier_accepts_away_from_known_lesions(study):
     subtraction, breast, ball = study
     no_lesions = np.zeros(SHAPE, np.uint8)

@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             subtraction = post - pre
             candidates = score_candidates(subtraction, breast > 0, lesions, spacing, models.foci.networks,
                                           models.device, search,
-                                          cube_volumes(pre, post, subtraction, models.foci.card.inputs))
+                                          cube_volumes(pre, post, subtraction, models.foci.card.inputs),
+                                          models.foci.card.test_time_mirroring)
             veto_scores = lesion_veto_scores(candidates, lesions, probability, spacing, models.foci.networks,
                                              models.device, search)
             for threshold, min_score, veto in foci_points:

@@ -73,7 +73,7 @@ def bare_forward_seconds(models: ModelSet, network_inputs: dict[str, tuple[int, 
         predict_slices(model.networks, inputs[task], range(inputs[task].shape[1]), models.device,
                        mirror=model.card.test_time_mirroring, precision=precision)
     if "foci" in inputs:
-        classify(models.foci.networks, inputs["foci"], models.device)
+        classify(models.foci.networks, inputs["foci"], models.device, models.foci.card.test_time_mirroring)
     if models.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started

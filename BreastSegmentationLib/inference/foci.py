@@ -246,16 +246,20 @@ def channel_cubes(volumes: Sequence[np.ndarray], scales: Sequence[tuple[float, f
     return cubes[0] if len(cubes) == 1 else np.concatenate(cubes, axis=1)
 
 
-def classify(networks: list[torch.nn.Module], cubes: np.ndarray, device: torch.device,
+def classify(networks: list[torch.nn.Module], cubes: np.ndarray, device: torch.device, mirror: bool = False,
              batch_size: int = 128) -> np.ndarray:
-    """Mean probability of the networks that each cube holds a lesion at its centre."""
+    """Mean probability of the networks that each cube holds a lesion at its centre; with ``mirror`` (the card's
+    ``test_time_mirroring``), the mean over each cube and its left-right mirror image (x, the last axis: the
+    phantom's breasts are mirror images of each other), both views in one batch."""
     if not len(cubes):
         return np.zeros(0, dtype=np.float32)
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(cubes), batch_size):
             batch = torch.from_numpy(cubes[start:start + batch_size]).to(device)
-            outputs.append(torch.stack([torch.sigmoid(net(batch))[:, 0] for net in networks]).mean(0).cpu())
+            views = torch.cat([batch, batch.flip(-1)]) if mirror else batch
+            probability = torch.stack([torch.sigmoid(net(views))[:, 0] for net in networks]).mean(0)
+            outputs.append(probability.view(1 + mirror, len(batch)).mean(0).cpu())
     return torch.cat(outputs).numpy()
 
 
@@ -321,7 +325,8 @@ def without_small_regions(mask: np.ndarray, min_voxels: float) -> np.ndarray:
 class Candidates:
     """A study's scored candidates: the box of the arrays they were found in, the blob score there, the peaks
     (indices in the box), the classifier's probability of each, and the volumes its cubes show (cut to the box)
-    with the (offset, scale) each was normalised with (:func:`breast_scale`)."""
+    with the (offset, scale) each was normalised with (:func:`breast_scale`), and whether the classifier also saw
+    their mirror images (:func:`classify`; :func:`lesion_veto_scores` does the same)."""
 
     box: tuple[slice, ...]
     score: np.ndarray
@@ -330,14 +335,16 @@ class Candidates:
     probability: np.ndarray
     volumes: list[np.ndarray]
     scales: list[tuple[float, float]]
+    mirror: bool = False
 
 
 def score_candidates(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray,
                      spacing_xyz: tuple[float, ...], networks: list[torch.nn.Module], device: torch.device,
-                     search: FocusSearch, channels: Sequence[np.ndarray] | None = None) -> Candidates | None:
+                     search: FocusSearch, channels: Sequence[np.ndarray] | None = None,
+                     mirror: bool = False) -> Candidates | None:
     """Blob peaks inside the breast that touch no lesion of ``lesions`` (all (z, y, x) arrays of one grid), with
     the classifier's probability of each (its cubes cut from ``channels``, :func:`cube_volumes`; default: the
-    subtraction alone); None without breast."""
+    subtraction alone; ``mirror``: :func:`classify`'s); None without breast."""
     if not breast.any():
         return None
     box = breast_box(breast, spacing_xyz, search_margin_mm(search))
@@ -347,8 +354,8 @@ def score_candidates(subtraction: np.ndarray, breast: np.ndarray, lesions: np.nd
     peaks = peaks[~touching(lesions[box] > 0, peaks)]
     volumes = [sub] if channels is None else [np.asarray(volume[box], dtype=np.float32) for volume in channels]
     scales = [breast_scale(volume, inside) for volume in volumes]
-    probability = classify(networks, channel_cubes(volumes, scales, peaks, spacing_xyz, search), device)
-    return Candidates(box, score, inside, peaks, probability, volumes, scales)
+    probability = classify(networks, channel_cubes(volumes, scales, peaks, spacing_xyz, search), device, mirror)
+    return Candidates(box, score, inside, peaks, probability, volumes, scales, mirror)
 
 
 def grow_foci(candidates: Candidates, shape: tuple[int, ...], spacing_xyz: tuple[float, ...], search: FocusSearch,
@@ -372,13 +379,15 @@ def grow_foci(candidates: Candidates, shape: tuple[int, ...], spacing_xyz: tuple
 def find_foci(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndarray, spacing_xyz: tuple[float, ...],
               networks: list[torch.nn.Module], device: torch.device, search: FocusSearch,
               threshold: float, min_voxels: float = 0.0, probability: np.ndarray | None = None,
-              channels: Sequence[np.ndarray] | None = None) -> FociResult:
+              channels: Sequence[np.ndarray] | None = None, mirror: bool = False) -> FociResult:
     """Foci the classifier gives more than ``threshold`` that touch no lesion of ``lesions`` (all (z, y, x) arrays
     of one grid), grown inside the breast, of at least ``min_voxels``; given the lesion ``probability`` and a card
     with :attr:`FocusSearch.veto_below`, also the lesions the classifier rejects (:func:`lesion_veto_scores`).
-    ``channels``: the volumes the classifier's cubes show (:func:`cube_volumes`; default: the subtraction)."""
+    ``channels``: the volumes the classifier's cubes show (:func:`cube_volumes`; default: the subtraction);
+    ``mirror``: the classifier also sees each cube's mirror image (:func:`classify`)."""
     cube = (1 if channels is None else len(channels),) + (search.patch_voxels,) * 3
-    candidates = score_candidates(subtraction, breast, lesions, spacing_xyz, networks, device, search, channels)
+    candidates = score_candidates(subtraction, breast, lesions, spacing_xyz, networks, device, search, channels,
+                                  mirror)
     if candidates is None:
         return FociResult(np.zeros(breast.shape, dtype=bool), np.zeros((0, 3), int), np.zeros(0), (0,) + cube)
     mask = grow_foci(candidates, breast.shape, spacing_xyz, search, threshold, min_voxels)
@@ -442,7 +451,7 @@ def lesion_veto_scores(candidates: Candidates, lesions: np.ndarray, probability:
     if not found:
         return {}
     cubes = channel_cubes(candidates.volumes, candidates.scales, centres, spacing_xyz, search)
-    best = classify(networks, cubes, device).reshape(-1, 2).max(axis=1)
+    best = classify(networks, cubes, device, candidates.mirror).reshape(-1, 2).max(axis=1)
     return {label: float(p) for label, p in zip(found, best)}
 
 

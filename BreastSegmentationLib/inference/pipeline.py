@@ -391,7 +391,7 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
     subtraction = post_a - pre_a
     foci = find_foci(subtraction, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
                      model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a,
-                     cube_volumes(pre_a, post_a, subtraction, model.card.inputs))
+                     cube_volumes(pre_a, post_a, subtraction, model.card.inputs), model.card.test_time_mirroring)
     if not foci.mask.any() and not foci.vetoed:
         return lesions, [], foci.network_input
     # Every lesion lies in the block (search_region), so the map is rebuilt there and put back on the whole grid:

@@ -63,7 +63,8 @@ class ModelCard:
     min_lesion_mm3: float = 10.0  #: lesion models: smaller predicted lesions are dropped
     #: lesion models: a predicted lesion is kept only where its probability somewhere reaches this (None: no rule)
     min_lesion_peak: float | None = None
-    #: average each slice's prediction with that of its left-right mirror image (a second forward pass)
+    #: average each slice's (a foci classifier: each cube's) prediction with that of its left-right mirror image
+    #: (a second forward pass)
     test_time_mirroring: bool = False
     #: the safetensors file beside the card, or a list of them: an ensemble whose networks' probabilities are averaged
     weights: str | list[str] = ""
