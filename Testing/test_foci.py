@@ -69,6 +69,16 @@ def study(rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return subtraction, breast, ball.astype(np.uint8)
 
 
+def spaced_images(*arrays: np.ndarray) -> list[sitk.Image]:
+    """The (z, y, x) arrays as images of the test grid's spacing."""
+    images = []
+    for array in arrays:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(SPACING)
+        images.append(image)
+    return images
+
+
 def tiny_classifier(logit: float) -> torch.nn.Module:
     """The foci card's network answering ``logit`` for every cube (weights zero, last bias set)."""
     network = FOCI_CARD.build()
@@ -195,12 +205,8 @@ def test_mirroring_averages_each_cube_with_its_left_right_mirror_image(rng):
 
 def test_the_foci_cards_mirroring_reaches_candidates_and_vetoes(study):
     subtraction, breast, ball = study
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), ball.astype(np.uint16),
-                  ball.astype(np.float32)):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(SPACING)
-        images.append(image)
+    images = spaced_images(np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8),
+                           ball.astype(np.uint16), ball.astype(np.float32))
     card = dataclasses.replace(FOCI_CARD, threshold=0.6, test_time_mirroring=True,
                                preprocessing={**FOCI_CARD.preprocessing, "veto_below": 0.4})
     loaded = type("Loaded", (), {"networks": [RightOfCentre(antisymmetric=True)], "card": card})()
@@ -296,11 +302,7 @@ def test_a_model_folder_may_hold_one_foci_classifier_and_no_more(tmp_path):
 
 def test_add_foci_relabels_lesions_by_size_on_the_study_grid(study):
     subtraction, breast, ball = study
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8)):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(SPACING)
-        images.append(image)
+    images = spaced_images(np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8))
     big = np.zeros(SHAPE, np.uint16)
     big[4:10, 40:56, 8:24] = 1  # a network lesion, far larger than the ball
     lesions = sitk.GetImageFromArray(big)
@@ -320,12 +322,10 @@ def test_add_foci_reads_the_breasts_block_of_a_flipped_grid(study):
     from BreastSegmentationLib.inference.foci import search_region
     subtraction, breast, _ = study
     padding = ((0, 0), (0, 0), (0, 40))  # 32 mm more beyond the breast than the search reaches along x
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), np.zeros(SHAPE, np.uint16)):
-        image = sitk.GetImageFromArray(np.pad(array, padding))
-        image.SetSpacing(SPACING)
+    images = spaced_images(*(np.pad(array, padding) for array in (np.zeros(SHAPE, np.float32), subtraction,
+                                                                  breast.astype(np.uint8), np.zeros(SHAPE, np.uint16))))
+    for image in images:
         image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS-aligned rows and columns
-        images.append(image)
     size, index = search_region(images[2], SEARCH)
     assert index == [0, 0, 0] and size[0] < images[2].GetSize()[0] and size[1:] == [64, 24]
     loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()
@@ -343,11 +343,8 @@ def test_add_foci_keeps_a_lesion_beyond_the_breasts_search_block(study):
     padding = ((0, 0), (0, 0), (0, 40))
     far = np.zeros((SHAPE[0], SHAPE[1], SHAPE[2] + 40), np.uint16)
     far[10:14, 20:40, 96:100] = 1  # 26 mm beyond the breast: outside the block the breast alone asks for
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8)):
-        image = sitk.GetImageFromArray(np.pad(array, padding))
-        image.SetSpacing(SPACING)
-        images.append(image)
+    images = spaced_images(*(np.pad(array, padding)
+                             for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8))))
     lesions = sitk.GetImageFromArray(far)
     lesions.CopyInformation(images[0])
     from BreastSegmentationLib.inference.foci import search_region
@@ -362,11 +359,8 @@ def test_add_foci_keeps_a_lesion_beyond_the_breasts_search_block(study):
 def test_add_foci_finds_the_same_foci_on_a_grid_with_permuted_axes(study):
     """A sagittal-like grid: the index axes are the axial grid's in another order, spacing included."""
     subtraction, breast, _ = study
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), np.zeros(SHAPE, np.uint16)):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(SPACING)
-        images.append(image)
+    images = spaced_images(np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8),
+                           np.zeros(SHAPE, np.uint16))
     loaded = type("Loaded", (), {"networks": [tiny_classifier(10.0)], "card": FOCI_CARD})()
     axial, axial_rows, _ = add_foci(*images, loaded, torch.device("cpu"), min_volume_mm3=10.0)
     permuted = [sitk.PermuteAxes(image, [2, 0, 1]) for image in images]
@@ -432,12 +426,8 @@ def test_a_lesion_is_judged_by_cubes_centred_inside_it(study):
 
 def test_add_foci_removes_vetoed_lesions_and_counts_their_cubes(study):
     subtraction, breast, ball = study
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), ball.astype(np.uint16),
-                  ball.astype(np.float32)):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(SPACING)
-        images.append(image)
+    images = spaced_images(np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8),
+                           ball.astype(np.uint16), ball.astype(np.float32))
     card = dataclasses.replace(FOCI_CARD, preprocessing={**FOCI_CARD.preprocessing, "veto_below": 0.5})
     loaded = type("Loaded", (), {"networks": [tiny_classifier(-10.0)], "card": card})()
     labelled, added, network_input = add_foci(*images[:4], loaded, torch.device("cpu"), 10.0, images[4])
@@ -451,12 +441,8 @@ def test_lesions_larger_than_the_veto_limit_are_not_judged_and_stay(study):
     subtraction, breast, ball = study
     lesions = ball.astype(np.uint16)
     lesions[4:20, 44:60, 28:44] = 2  # a mass of 16 x 16 x 16 voxels (5243 mm3) that fills most of the cube
-    images = []
-    for array in (np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), lesions,
-                  (lesions > 0).astype(np.float32)):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(SPACING)
-        images.append(image)
+    images = spaced_images(np.zeros(SHAPE, np.float32), subtraction, breast.astype(np.uint8), lesions,
+                           (lesions > 0).astype(np.float32))
     voxel_mm3 = float(np.prod(SPACING))
     assert ball.sum() * voxel_mm3 < 1000.0 < (lesions == 2).sum() * voxel_mm3
     card = dataclasses.replace(FOCI_CARD, preprocessing={**FOCI_CARD.preprocessing, "veto_below": 0.5,
