@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from accuracy import as_acquired, lesion_scores, on_grid, summarise_lesions  # noqa: E402
+from accuracy import as_acquired, heart_in_breast_mm3, lesion_scores, on_grid, summarise_lesions  # noqa: E402
 from false_positives import false_positive_rows, tally  # noqa: E402
 from missed_lesions import reference_rows  # noqa: E402
 from missed_lesions import tally as tally_missed  # noqa: E402
@@ -91,6 +91,13 @@ def test_lesion_scores_count_small_lesions_apart_among_the_large_ones():
     assert summary["detected_over_20mm3"] == 0.75
     assert summary["detected_20_150mm3"] == 0.5
     assert summary["fp_per_case"] == 0.5
+
+
+def test_breast_on_the_heart_muscle_is_measured_in_mm3():
+    tissue = sitk.Cast(mask_image([MASS]) * int(Tissue.MYOCARDIUM), sitk.sitkUInt8)
+    assert heart_in_breast_mm3(mask_image([FOCUS]), tissue) == 0.0
+    reaching = mask_image([FOCUS, (slice(14, 20), slice(28, 40), slice(0, 40))])  # 2 x 4 x 12 voxels on the MASS
+    assert heart_in_breast_mm3(reaching, tissue) == pytest.approx(2 * 4 * 12 * 2.0)
 
 
 def test_false_positives_are_named_by_the_tissue_under_most_of_them():
