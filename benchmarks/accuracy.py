@@ -5,11 +5,11 @@
                                   [--min-lesion-peak P]
                                   [--mixed-precision] [--out accuracy.json]
 
-Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive
-lesions per case, and the issue's targets next to them; and how much of the predicted breast lies on the phantom's
-heart muscle (a breast region must leave the strongly enhancing heart out). Prints; asserts nothing. ``--motion-mm`` moves the
-post-contrast image along the anterior-posterior axis before segmenting, as a patient breathing or settling between
-the phases does (the phantom's own motion is under a voxel), to show how the models bear misregistration.
+Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive lesions
+per case, and the issue's targets next to them; and how much of the predicted breast lies on the phantom's heart
+muscle (a breast region must leave the strongly enhancing heart out). Prints; asserts nothing. ``--motion-mm`` moves
+the post-contrast image along the anterior-posterior axis before segmenting, as a patient breathing or settling
+between the phases does (the phantom's own motion is under a voxel), to show how the models bear misregistration.
 ``--uptake`` multiplies the contrast uptake of every tissue (post = pre + factor (post - pre)), as a protocol with
 another contrast dose or an earlier or later first post-contrast phase does, to show how the models bear that.
 ``--sagittal`` resamples both phases onto a sagittal grid (0.8 mm in-plane, slices ``SLICE_MM`` apart from the
@@ -18,8 +18,8 @@ models were trained on axial studies only. ``--reslice`` resamples both phases o
 as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spacing). ``--tilt`` resamples them onto
 a grid of the study's spacing turned about the left-right axis, as an oblique prescription acquires a patient lying
 straight; the models were trained on studies whose axes are the patient's. ``--min-lesion-peak`` replaces the lesion
-card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the
-networks as ``breastseg segment --mixed-precision`` does.
+card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the networks as
+``breastseg segment --mixed-precision`` does.
 """
 
 from __future__ import annotations
@@ -172,11 +172,12 @@ def evaluate_case(seed: int, models, motion_mm: float = 0.0, options: Segmentati
     pre, post = as_acquired(case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm), sagittal_mm,
                             reslice_mm, tilt_degrees)
     result = segment_images(pre, post, models, options)
+    breast = on_grid(result.breast, case.pre)
     return {
         "seed": seed, "vendor": case.info["vendor"], "fat_sat": case.info["fat_sat"],
         "size": "x".join(map(str, pre.GetSize())),
-        "breast_dice": segmentation_metrics(on_grid(result.breast, case.pre) > 0, case.breast)["dice"],
-        "heart_mm3": round(heart_in_breast_mm3(on_grid(result.breast, case.pre), case.tissue), 1),
+        "breast_dice": segmentation_metrics(breast > 0, case.breast)["dice"],
+        "heart_mm3": round(heart_in_breast_mm3(breast, case.tissue), 1),
         **lesion_scores(on_grid(result.lesions, case.pre), case.lesions),
         "seconds": round(sum(result.seconds.values()), 1),
     }
