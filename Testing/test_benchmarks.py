@@ -10,7 +10,15 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from accuracy import as_acquired, heart_in_breast_mm3, lesion_scores, on_grid, summarise_lesions  # noqa: E402
+from accuracy import (  # noqa: E402
+    RAYLEIGH_MEDIAN,
+    as_acquired,
+    heart_in_breast_mm3,
+    lesion_scores,
+    on_grid,
+    summarise_lesions,
+    with_noise,
+)
 from false_positives import false_positive_rows, tally  # noqa: E402
 from missed_lesions import reference_rows  # noqa: E402
 from missed_lesions import tally as tally_missed  # noqa: E402
@@ -98,6 +106,27 @@ def test_breast_on_the_heart_muscle_is_measured_in_mm3():
     assert heart_in_breast_mm3(mask_image([FOCUS]), tissue) == 0.0
     reaching = mask_image([FOCUS, (slice(14, 20), slice(28, 40), slice(0, 40))])  # 2 x 4 x 12 voxels on the MASS
     assert heart_in_breast_mm3(reaching, tissue) == pytest.approx(2 * 4 * 12 * 2.0)
+
+
+def test_noise_is_raised_by_the_factor_in_each_phases_pixel_type():
+    rng = np.random.default_rng(1)
+    air = mask_image([(slice(0, 20), slice(0, 40), slice(0, 20))])  # the left half of every slice
+    signal = np.where(sitk.GetArrayViewFromImage(air) > 0, 0.0, 400.0)
+    sigma = 10.0
+    phases = []
+    for pixel in (sitk.sitkInt16, sitk.sitkFloat32):
+        magnitude = np.hypot(signal + rng.normal(0.0, sigma, signal.shape), rng.normal(0.0, sigma, signal.shape))
+        phase = sitk.Cast(sitk.GetImageFromArray(np.rint(magnitude)), pixel)
+        phase.CopyInformation(air)
+        phases.append(phase)
+    noisier = with_noise(tuple(phases), air, 2.0)
+    for before, after in zip(phases, noisier):
+        values = sitk.GetArrayViewFromImage(after)
+        assert after.GetPixelID() == before.GetPixelID() and after.GetSpacing() == before.GetSpacing()
+        assert np.median(values[:, :, :20]) / RAYLEIGH_MEDIAN == pytest.approx(2.0 * sigma, rel=0.05)
+        assert values[:, :, 20:].std() == pytest.approx(2.0 * sigma, rel=0.05)
+        assert values[:, :, 20:].mean() == pytest.approx(400.0, abs=2.0)
+    assert with_noise(tuple(phases), air, 1.0) == tuple(phases)
 
 
 def test_false_positives_are_named_by_the_tissue_under_most_of_them():

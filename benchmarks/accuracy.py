@@ -1,7 +1,7 @@
 """Accuracy of a model set on held-out phantom cases (seeds never used in training).
 
     python benchmarks/accuracy.py [--models DIR] [--cases 12] [--seed 9000] [--motion-mm 0] [--no-motion-correction]
-                                  [--uptake 1] [--sagittal SLICE_MM | --reslice SLICE_MM | --tilt DEGREES]
+                                  [--uptake 1] [--noise 1] [--sagittal SLICE_MM | --reslice SLICE_MM | --tilt DEGREES]
                                   [--min-lesion-peak P]
                                   [--mixed-precision] [--out accuracy.json]
 
@@ -12,6 +12,7 @@ the post-contrast image along the anterior-posterior axis before segmenting, as 
 between the phases does (the phantom's own motion is under a voxel), to show how the models bear misregistration.
 ``--uptake`` multiplies the contrast uptake of every tissue (post = pre + factor (post - pre)), as a protocol with
 another contrast dose or an earlier or later first post-contrast phase does, to show how the models bear that.
+``--noise`` raises the noise of both phases by a factor, as a scanner of lower signal-to-noise ratio would.
 ``--sagittal`` resamples both phases onto a sagittal grid (0.8 mm in-plane, slices ``SLICE_MM`` apart from the
 patient's right to left), as sagittal DCE protocols acquire, and scores the result on the study's own grid: the
 models were trained on axial studies only. ``--reslice`` resamples both phases onto axial slices ``SLICE_MM`` apart,
@@ -86,6 +87,33 @@ def moved(image: sitk.Image, anterior_posterior_mm: float) -> sitk.Image:
         return image
     shift = sitk.TranslationTransform(3, (0.0, -anterior_posterior_mm, 0.0))
     return sitk.Resample(image, image, shift, sitk.sitkLinear, 0.0, image.GetPixelID())
+
+
+#: Median of a Rayleigh distribution (the magnitude of complex noise on no signal) over its sigma: sqrt(2 ln 2).
+RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
+
+
+def with_noise(phases: tuple[sitk.Image, ...], air: sitk.Image, factor: float,
+               seed: int = 0) -> tuple[sitk.Image, ...]:
+    """``phases`` with their noise raised ``factor`` times: complex Gaussian noise of sigma ``sqrt(factor**2 - 1)``
+    times theirs drawn anew and added to each magnitude (independent noises add in quadrature), in each phase's pixel
+    type (rounded for integer types, as scanners store them). The phases' own noise sigma is read from the median of
+    the ``air`` voxels (a mask), Rayleigh there, as scanners' noise is measured."""
+    if factor == 1.0:
+        return phases
+    rng = np.random.default_rng(seed)
+    in_air = sitk.GetArrayViewFromImage(air) > 0
+    noisier = []
+    for phase in phases:
+        stored = sitk.GetArrayViewFromImage(phase)
+        values = stored.astype(np.float32)
+        sigma = float(np.median(values[in_air])) / RAYLEIGH_MEDIAN * np.sqrt(factor**2 - 1.0)
+        real = values + rng.normal(0.0, sigma, values.shape).astype(np.float32)
+        magnitude = np.hypot(real, rng.normal(0.0, sigma, values.shape).astype(np.float32))
+        image = sitk.GetImageFromArray(np.rint(magnitude) if np.issubdtype(stored.dtype, np.integer) else magnitude)
+        image.CopyInformation(phase)
+        noisier.append(sitk.Cast(image, phase.GetPixelID()))
+    return tuple(noisier)
 
 
 def with_uptake(pre: sitk.Image, post: sitk.Image, factor: float) -> sitk.Image:
@@ -167,10 +195,11 @@ def on_grid(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 def evaluate_case(seed: int, models, motion_mm: float = 0.0, options: SegmentationOptions | None = None,
                   uptake: float = 1.0, sagittal_mm: float = 0.0, reslice_mm: float = 0.0,
-                  tilt_degrees: float = 0.0) -> dict:
+                  tilt_degrees: float = 0.0, noise: float = 1.0) -> dict:
     case = generate_case(seed)
-    pre, post = as_acquired(case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm), sagittal_mm,
-                            reslice_mm, tilt_degrees)
+    phases = case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm)
+    pre, post = as_acquired(*with_noise(phases, case.tissue == Tissue.AIR, noise, seed), sagittal_mm, reslice_mm,
+                            tilt_degrees)
     result = segment_images(pre, post, models, options)
     breast = on_grid(result.breast, case.pre)
     return {
@@ -200,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="segment without the pipeline's motion correction")
     parser.add_argument("--uptake", type=float, default=1.0,
                         help="multiply the contrast uptake (post - pre) of every tissue by this factor (default 1)")
+    parser.add_argument("--noise", type=float, default=1.0,
+                        help="multiply the noise of both phases by this factor, 1 or more (default 1)")
     acquisition = parser.add_mutually_exclusive_group()
     acquisition.add_argument("--sagittal", type=float, default=0.0, metavar="SLICE_MM",
                              help="segment the study resampled onto a sagittal grid with slices this far apart (mm)")
@@ -215,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--mixed-precision`")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.noise < 1.0:
+        parser.error("--noise must be 1 or more: noise can be added, not taken away")
     configure_cpu_memory()  # as the breastseg command does
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     models = load_models(args.models, "auto")
@@ -224,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                                   SegmentationOptions(motion_correction=args.motion_correction,
                                                       min_lesion_peak=args.min_lesion_peak,
                                                       mixed_precision=args.mixed_precision), args.uptake,
-                                  args.sagittal, args.reslice, args.tilt))
+                                  args.sagittal, args.reslice, args.tilt, args.noise))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)
     print(markdown_table(rows))
