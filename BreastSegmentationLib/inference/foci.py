@@ -249,8 +249,8 @@ def channel_cubes(volumes: Sequence[np.ndarray], scales: Sequence[tuple[float, f
 def classify(networks: list[torch.nn.Module], cubes: np.ndarray, device: torch.device, mirror: bool = False,
              batch_size: int = 128) -> np.ndarray:
     """Mean probability of the networks that each cube holds a lesion at its centre; with ``mirror`` (the card's
-    ``test_time_mirroring``), the mean over each cube and its left-right mirror image (x, the last axis: the
-    phantom's breasts are mirror images of each other), both views in one batch."""
+    ``test_time_mirroring``), the mean over each cube and its left-right mirror image (x, the last axis: the two
+    breasts are near mirror images, and the classifier learnt with flips), both views in one batch."""
     if not len(cubes):
         return np.zeros(0, dtype=np.float32)
     outputs = []
@@ -259,7 +259,7 @@ def classify(networks: list[torch.nn.Module], cubes: np.ndarray, device: torch.d
             batch = torch.from_numpy(cubes[start:start + batch_size]).to(device)
             views = torch.cat([batch, batch.flip(-1)]) if mirror else batch
             probability = torch.stack([torch.sigmoid(net(views))[:, 0] for net in networks]).mean(0)
-            outputs.append(probability.view(1 + mirror, len(batch)).mean(0).cpu())
+            outputs.append(probability.view(-1, len(batch)).mean(0).cpu())  # the mean of the two views
     return torch.cat(outputs).numpy()
 
 
