@@ -1,10 +1,11 @@
 """Segment every study of a folder: the same outputs as ``breastseg segment`` per study, plus a batch summary.
 
 A study is a folder holding a pre- and a post-contrast image file (recognised by name, as the Slicer module
-recognises loaded volumes) or DICOM files (discovered by ``segment --dicom``). The input folder itself may be
-one study (image pair or DICOM files directly inside); otherwise each sub-folder holding a study is one. Each
-study runs through the registered ``segment`` command in this process, so the outputs are exactly the
-command's; one failing study is recorded in the summary and the others still run.
+recognises loaded volumes: words such as pre and post, or nnU-Net's channel names CASE_0000 and CASE_0001) or DICOM
+files (discovered by ``segment --dicom``). The input folder itself may be one study (image pair or DICOM files
+directly inside); otherwise each sub-folder holding a study is one. Each study runs through the registered
+``segment`` command in this process, so the outputs are exactly the command's; one failing study is recorded in the
+summary and the others still run.
 """
 
 from __future__ import annotations

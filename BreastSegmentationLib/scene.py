@@ -389,17 +389,32 @@ def _by_order(phases: Sequence[VolumeCandidate]) -> tuple[VolumeCandidate | None
     return None, None
 
 
+#: nnU-Net's channel files, as public DCE collections such as MAMA-MIA name their phases: CASE_0000 is the
+#: pre-contrast phase, CASE_0001 the first post-contrast one.
+_CHANNEL_NAME = re.compile(r"(.+)_(\d{4})")
+
+
+def _by_channel_name(phases: Sequence[VolumeCandidate]) -> tuple[VolumeCandidate | None, VolumeCandidate | None]:
+    """The two lowest channels of one case whose volumes are named as nnU-Net names channel files."""
+    channels = [(match.group(1), int(match.group(2)), c) for c in phases
+                if (match := _CHANNEL_NAME.fullmatch(c.name.strip()))]
+    if len(channels) < 2 or len({case for case, _, _ in channels}) > 1:
+        return None, None
+    first, second = sorted(channels, key=lambda channel: channel[1])[:2]
+    return first[2], second[2]
+
+
 def choose_pre_post(candidates: Sequence[VolumeCandidate]) -> tuple[str | None, str | None]:
     """Keys of the likely pre- and first post-contrast volumes (None where no choice can be made).
 
     Evidence in order: words of the name or series description (subtractions, MIPs and other series set aside),
-    a contrast agent recorded for one volume only, the order of the phases, and, when only one of two volumes
-    is recognised, the other one.
+    a contrast agent recorded for one volume only, the order of the phases, nnU-Net's channel names (CASE_0000,
+    CASE_0001), and, when only one of two volumes is recognised, the other one.
     """
     phases = [c for c in candidates if not _NOT_A_PHASE_WORDS.search(_words(c))]
     pre = next((c for c in phases if _named_pre(c)), None)
     post = next((c for c in phases if _named_post(c)), None)
-    for rule in (_by_contrast_agent, _by_order):
+    for rule in (_by_contrast_agent, _by_order, _by_channel_name):
         if pre is None and post is None:
             pre, post = rule(phases)
     if (pre is None) != (post is None) and len(phases) == 2:

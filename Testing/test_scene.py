@@ -348,6 +348,15 @@ def test_two_unnamed_series_are_ordered_by_series_number_and_unknown_stays_unkno
     assert keys() == (None, None)
 
 
+def test_nnunet_channel_names_order_the_phases_of_one_case():
+    channels = [VolumeCandidate(name, name) for name in ("duke_001_0002", "duke_001_0000", "duke_001_0001")]
+    assert choose_pre_post(channels) == ("duke_001_0000", "duke_001_0001")
+    assert keys(VolumeCandidate("a", "x_0003"), VolumeCandidate("b", "x_0005")) == ("a", "b")
+    assert keys(VolumeCandidate("a", "x_0000"), VolumeCandidate("b", "y_0001"), VolumeCandidate("c", "z")) == (
+        None, None)  # two cases: no order between them
+    assert keys(VolumeCandidate("a", "scan_0001"), VolumeCandidate("b", "scan_0000_sub")) == (None, None)
+
+
 def test_volume_candidate_from_dicom_tags():
     tags = {"0008,103E": " Ph2/ax 3d dyn ", "0018,0010": "Gadovist", "0020,0100": "2", "0020,0011": "x7"}
     assert volume_candidate("vtkMRMLScalarVolumeNode3", "7: Ph2", tags) == VolumeCandidate(
@@ -613,6 +622,13 @@ def test_discover_studies_in_sub_folders(tmp_path):
     assert (studies[0].pre.name, studies[0].post.name) == ("case1_pre.nii.gz", "case1_post.nii.gz")
     assert studies[0].dicom is None
     assert (studies[1].dicom, studies[1].pre) == (tmp_path / "case2", None)
+
+
+def test_discover_studies_named_as_nnunet_channels(tmp_path):
+    for channel in ("0000", "0001", "0002"):
+        write_volume(tmp_path / "images" / "ispy2_100899" / f"ispy2_100899_{channel}.nii.gz")
+    (study,) = discover_studies(tmp_path / "images")
+    assert (study.pre.name, study.post.name) == ("ispy2_100899_0000.nii.gz", "ispy2_100899_0001.nii.gz")
 
 
 def test_a_folder_holding_one_study_is_that_study(tmp_path):

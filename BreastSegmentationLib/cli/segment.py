@@ -51,8 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "lesions.nii.gz (labels 1..N, largest first), lesion_probability.nii.gz, lesions.csv, summary.json and "
             "overview.png into OUT; with --reference also metrics.json (Dice, IoU, precision, recall, HD, HD95, "
             "FP/FN lesions by volume) and lesion_matches.csv. Nothing is written unless everything succeeds. "
-            "With --input-dir every study of a folder (sub-folders with a pre/post pair or DICOM files) is segmented "
-            "into OUT/<study>/ with one summary table (batch_summary.csv); a failing study is reported there and the "
+            "With --input-dir every study of a folder (sub-folders with a pre/post pair, named so or as nnU-Net "
+            "channels CASE_0000/CASE_0001, or DICOM files) is segmented into OUT/<study>/ with one summary table (batch_summary.csv); a failing study is reported there and the "
             "others go on (exit code 1 if any failed)."
         ),
     )
