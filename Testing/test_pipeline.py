@@ -315,6 +315,35 @@ def test_many_studies_one_failing_is_reported_and_the_others_go_on(tmp_path, stu
     assert summary["network_precision"] == mixed  # the batch's options reach each study
 
 
+def test_many_studies_are_scored_against_references_named_after_them(tmp_path, study_files):
+    models = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
+    studies, references = tmp_path / "studies", tmp_path / "references"
+    for study in ("Case_A", "case_b"):
+        (studies / study).mkdir(parents=True)
+        for path, name in zip(study_files, (f"{study}_0000.nii.gz", f"{study}_0001.nrrd")):
+            (studies / study / name).write_bytes(path.read_bytes())
+    reference = sitk.Image(sitk.ReadImage(str(study_files[0])).GetSize(), sitk.sitkUInt8)
+    reference.CopyInformation(sitk.ReadImage(str(study_files[0])))
+    reference[10:20, 10:20, 2:6] = 1  # one reference lesion of 10 x 10 x 4 voxels
+    references.mkdir()
+    sitk.WriteImage(reference, str(references / "case_a.nii.gz"))  # named after its study in another case
+    out = tmp_path / "out"
+    code = main(["--progress", "none", "segment", "--input-dir", str(studies), "--reference-dir", str(references),
+                 "--out", str(out), "--models", str(models), "--device", "cpu"])
+    assert code == 0
+    summary = json.loads((out / "batch_summary.json").read_text())
+    rows = {row["study"]: row for row in summary["studies"]}
+    metrics = json.loads((out / "Case_A" / "metrics.json").read_text())
+    assert rows["Case_A"]["dice"] == round(metrics["dice"], 4) and 0.0 < metrics["dice"] < 1.0
+    assert (rows["Case_A"]["reference_lesions_found"], rows["Case_A"]["reference_lesions_missed"],
+            rows["Case_A"]["false_positive_lesions"]) == tuple(metrics["lesions"][k] for k in ("tp", "fn", "fp"))
+    assert rows["case_b"]["dice"] is None and not (out / "case_b" / "metrics.json").exists()
+    assert summary["scored"]["studies"] == 1 and summary["scored"]["mean_dice"] == rows["Case_A"]["dice"]
+    with pytest.raises(SystemExit):
+        main(["--progress", "none", "segment", "--pre", str(study_files[0]), "--post", str(study_files[1]),
+              "--reference-dir", str(references), "--out", str(tmp_path / "one")])
+
+
 def test_an_ensemble_lesion_card_runs_the_mean_of_its_networks(tmp_path, rng):
     """Two constant lesion networks (logits 5 and -5: 0.993 and 0.007) as one ensemble card beside the breast
     model: the lesion probability is their mean, 0.5, which the first card's threshold 0.4 keeps."""

@@ -655,10 +655,12 @@ def test_batch_summary_files(tmp_path):
     csv_path = write_batch_summary(results, tmp_path)
     assert csv_path == tmp_path / SUMMARY_CSV
     lines = csv_path.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "study,status,exit_code,message,output_dir,lesions,lesion_volume_mm3,seconds"
+    assert lines[0] == ("study,status,exit_code,message,output_dir,lesions,lesion_volume_mm3,seconds,dice,"
+                        "reference_lesions_found,reference_lesions_missed,false_positive_lesions")
     assert lines[2].startswith("b,bad input,2,/b/pre.nii.gz: image is 2-D,")
     summary = json.loads((tmp_path / SUMMARY_JSON).read_text(encoding="utf-8"))
     assert (summary["ok"], summary["total"]) == (1, 2) and summary["studies"][0]["lesions"] == 2
+    assert "scored" not in summary  # no study had a reference
 
 
 def test_slicer_batch_script_reads_the_documented_command_line():
@@ -671,5 +673,9 @@ def test_slicer_batch_script_reads_the_documented_command_line():
                                        "--threshold", "0.4"], DEVICE_CHOICES)
     assert (arguments.input_dir, arguments.output_dir, arguments.device) == (Path("in"), Path("out"), "cpu")
     assert (arguments.threshold, arguments.models, arguments.install_dependencies) == (0.4, None, False)
+    assert arguments.reference_dir is None
+    scored = script.parseArguments(["--input-dir", "in", "--output-dir", "out", "--reference-dir", "refs"],
+                                   DEVICE_CHOICES)
+    assert scored.reference_dir == Path("refs")
     with pytest.raises(SystemExit):
         script.parseArguments(["--input-dir", "in", "--output-dir", "out", "--device", "tpu"], DEVICE_CHOICES)

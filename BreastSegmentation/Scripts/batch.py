@@ -28,6 +28,8 @@ def parseArguments(argv, deviceChoices):
     parser.add_argument("--input-dir", required=True, type=Path,
                         help="a study folder, or a folder whose sub-folders are studies (pre/post files or DICOM)")
     parser.add_argument("--output-dir", required=True, type=Path, help="results are written to OUTPUT_DIR/<study>/")
+    parser.add_argument("--reference-dir", type=Path,
+                        help="reference lesion masks named after their studies (CASE.nii.gz): those studies are scored")
     parser.add_argument("--device", choices=deviceChoices, default="auto", help="where the networks run")
     parser.add_argument("--models", type=Path, help="folder of user-trained model cards (default: bundled models)")
     parser.add_argument("--threshold", type=float, help="lesion probability threshold (default: the model card's)")
@@ -74,7 +76,8 @@ def main(argv) -> int:
     options = batch.BatchOptions(device=arguments.device, models=arguments.models,
                                  segmentation=SegmentationOptions(threshold=arguments.threshold))
     try:
-        results = batch.run_batch(arguments.input_dir, arguments.output_dir, options, progress)
+        results = batch.run_batch(arguments.input_dir, arguments.output_dir, options, progress,
+                                  arguments.reference_dir)
     except InputError as error:
         print(f"batch.py: error: {error}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..inference.pipeline import SegmentationOptions, load_models
 from ..inference.study import StudyInput, segment_study, study_from_dicom, study_from_files
-from ..batch import BatchOptions, run_batch
+from ..batch import BatchOptions, pooled_scores, run_batch
 from ..progress import Progress
 from .console import print_json
 
@@ -52,8 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "overview.png into OUT; with --reference also metrics.json (Dice, IoU, precision, recall, HD, HD95, "
             "FP/FN lesions by volume) and lesion_matches.csv. Nothing is written unless everything succeeds. "
             "With --input-dir every study of a folder (sub-folders with a pre/post pair, named so or as nnU-Net "
-            "channels CASE_0000/CASE_0001, or DICOM files) is segmented into OUT/<study>/ with one summary table (batch_summary.csv); a failing study is reported there and the "
-            "others go on (exit code 1 if any failed)."
+            "channels CASE_0000/CASE_0001, or DICOM files) is segmented into OUT/<study>/ with one summary table "
+            "(batch_summary.csv; with --reference-dir also each scored study's Dice and lesions found, missed and "
+            "false); a failing study is reported there and the others go on (exit code 1 if any failed)."
         ),
     )
     source = parser.add_argument_group("input (--pre and --post, --dicom, or --input-dir)")
@@ -64,6 +65,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--reference", metavar="LESION_MASK",
                         help="reference lesion mask on the pre-contrast grid: adds metrics and the FP/FN table")
+    parser.add_argument("--reference-dir", metavar="DIR",
+                        help="with --input-dir: reference lesion masks named after their studies (study CASE: "
+                             "DIR/case.nii.gz, any case); each study found there is scored as with --reference "
+                             "and the batch summary adds Dice and lesions found, missed and false")
     add_model_arguments(parser)
     parser.set_defaults(handler=run, parser=parser)
 
@@ -86,19 +91,22 @@ def read_study(args: argparse.Namespace, progress: Progress) -> StudyInput:
 
 def run_many(args: argparse.Namespace, progress: Progress) -> int:
     if args.reference or args.pre or args.post or args.dicom:
-        args.parser.error("--input-dir segments whole folders: it takes no --pre, --post, --dicom or --reference")
+        args.parser.error("--input-dir segments whole folders: it takes no --pre, --post, --dicom or --reference "
+                          "(--reference-dir gives the references)")
     options = BatchOptions(device=args.device, models=args.models and Path(args.models),
                            segmentation=options_from(args))
-    results = run_batch(args.input_dir, args.out, options, progress)
+    results = run_batch(args.input_dir, args.out, options, progress, args.reference_dir)
     print_json({"output": str(Path(args.out).resolve()), "studies": len(results),
                 "failed": [{"study": r.study, "status": r.status, "message": r.message}
-                           for r in results if r.status != "ok"]})
+                           for r in results if r.status != "ok"], **pooled_scores(results)})
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
 def run(args: argparse.Namespace, progress: Progress) -> int:
     if args.input_dir:
         return run_many(args, progress)
+    if args.reference_dir:
+        args.parser.error("--reference-dir goes with --input-dir; one study takes --reference")
     study = read_study(args, progress)
     models = load_models(args.models, args.device)
     summary = segment_study(study, args.out, models, options_from(args), args.reference, progress=progress)
