@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from BreastSegmentationLib.data.phantom import generate_case
+from BreastSegmentationLib.data.phantom import PhantomCase, generate_case
 from BreastSegmentationLib.data.phantom_anatomy import Tissue
 from BreastSegmentationLib.evaluation.lesions import match_lesions
 from BreastSegmentationLib.evaluation.metrics import mask_array, overlap_counts, scores_from_counts, segmentation_metrics
@@ -193,13 +194,29 @@ def on_grid(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
 
 
-def evaluate_case(seed: int, models, motion_mm: float = 0.0, options: SegmentationOptions | None = None,
-                  uptake: float = 1.0, sagittal_mm: float = 0.0, reslice_mm: float = 0.0,
-                  tilt_degrees: float = 0.0, noise: float = 1.0) -> dict:
+@dataclass(frozen=True)
+class Perturbation:
+    """How a phantom study is changed before it is segmented (the command line's options; defaults: as drawn)."""
+
+    motion_mm: float = 0.0
+    uptake: float = 1.0
+    noise: float = 1.0
+    sagittal_mm: float = 0.0
+    reslice_mm: float = 0.0
+    tilt_degrees: float = 0.0
+
+
+def perturbed(case: PhantomCase, change: Perturbation, seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """The case's pre- and first post-contrast phases with ``change`` applied: uptake, motion, noise, then the grid."""
+    phases = case.pre, moved(with_uptake(case.pre, case.posts[0], change.uptake), change.motion_mm)
+    noisier = with_noise(phases, case.tissue == Tissue.AIR, change.noise, seed)
+    return as_acquired(*noisier, change.sagittal_mm, change.reslice_mm, change.tilt_degrees)
+
+
+def evaluate_case(seed: int, models, options: SegmentationOptions | None = None,
+                  change: Perturbation = Perturbation()) -> dict:
     case = generate_case(seed)
-    phases = case.pre, moved(with_uptake(case.pre, case.posts[0], uptake), motion_mm)
-    pre, post = as_acquired(*with_noise(phases, case.tissue == Tissue.AIR, noise, seed), sagittal_mm, reslice_mm,
-                            tilt_degrees)
+    pre, post = perturbed(case, change, seed)
     result = segment_images(pre, post, models, options)
     breast = on_grid(result.breast, case.pre)
     return {
@@ -251,13 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_cpu_memory()  # as the breastseg command does
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     models = load_models(args.models, "auto")
+    options = SegmentationOptions(motion_correction=args.motion_correction, min_lesion_peak=args.min_lesion_peak,
+                                  mixed_precision=args.mixed_precision)
+    change = Perturbation(args.motion_mm, args.uptake, args.noise, args.sagittal, args.reslice, args.tilt)
     rows = []
     for seed in range(args.seed, args.seed + args.cases):
-        rows.append(evaluate_case(seed, models, args.motion_mm,
-                                  SegmentationOptions(motion_correction=args.motion_correction,
-                                                      min_lesion_peak=args.min_lesion_peak,
-                                                      mixed_precision=args.mixed_precision), args.uptake,
-                                  args.sagittal, args.reslice, args.tilt, args.noise))
+        rows.append(evaluate_case(seed, models, options, change))
         print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows)
     print(markdown_table(rows))
