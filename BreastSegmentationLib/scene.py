@@ -395,13 +395,15 @@ _CHANNEL_NAME = re.compile(r"(.+)_(\d{4})")
 
 
 def _by_channel_name(phases: Sequence[VolumeCandidate]) -> tuple[VolumeCandidate | None, VolumeCandidate | None]:
-    """The two lowest channels of one case whose volumes are named as nnU-Net names channel files."""
+    """Channel 0000 of one case (pre-contrast) and its next channel (first post-contrast), for volumes named as
+    nnU-Net names channel files. Without channel 0000 the names say nothing: channels 0001 and 0002 are two
+    post-contrast phases, and reading the first as pre-contrast would give a wrong subtraction."""
     channels = [(match.group(1), int(match.group(2)), c) for c in phases
                 if (match := _CHANNEL_NAME.fullmatch(c.name.strip()))]
     if len(channels) < 2 or len({case for case, _, _ in channels}) > 1:
         return None, None
     first, second = sorted(channels, key=lambda channel: channel[1])[:2]
-    return first[2], second[2]
+    return (first[2], second[2]) if first[1] == 0 else (None, None)
 
 
 def choose_pre_post(candidates: Sequence[VolumeCandidate]) -> tuple[str | None, str | None]:

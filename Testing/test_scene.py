@@ -351,7 +351,9 @@ def test_two_unnamed_series_are_ordered_by_series_number_and_unknown_stays_unkno
 def test_nnunet_channel_names_order_the_phases_of_one_case():
     channels = [VolumeCandidate(name, name) for name in ("duke_001_0002", "duke_001_0000", "duke_001_0001")]
     assert choose_pre_post(channels) == ("duke_001_0000", "duke_001_0001")
-    assert keys(VolumeCandidate("a", "x_0003"), VolumeCandidate("b", "x_0005")) == ("a", "b")
+    assert keys(VolumeCandidate("a", "x_0000"), VolumeCandidate("b", "x_0003")) == ("a", "b")
+    assert keys(VolumeCandidate("a", "x_0002"), VolumeCandidate("b", "x_0001"), VolumeCandidate("c", "x_0003")) == (
+        None, None)  # no channel 0000: all post-contrast phases, none of them is pre
     assert keys(VolumeCandidate("a", "x_0000"), VolumeCandidate("b", "y_0001"), VolumeCandidate("c", "z")) == (
         None, None)  # two cases: no order between them
     assert keys(VolumeCandidate("a", "scan_0001"), VolumeCandidate("b", "scan_0000_sub")) == (None, None)
@@ -629,6 +631,13 @@ def test_discover_studies_named_as_nnunet_channels(tmp_path):
         write_volume(tmp_path / "images" / "ispy2_100899" / f"ispy2_100899_{channel}.nii.gz")
     (study,) = discover_studies(tmp_path / "images")
     assert (study.pre.name, study.post.name) == ("ispy2_100899_0000.nii.gz", "ispy2_100899_0001.nii.gz")
+
+
+def test_nnunet_channels_without_the_pre_contrast_channel_are_no_study(tmp_path):
+    for channel in ("0001", "0002"):
+        write_volume(tmp_path / "images" / "case7" / f"case7_{channel}.nii.gz")
+    with pytest.raises(InputError, match="holds no study"):
+        discover_studies(tmp_path / "images")
 
 
 def test_a_folder_holding_one_study_is_that_study(tmp_path):
