@@ -1,6 +1,7 @@
 """The accuracy benchmark's per-study lesion scores (benchmarks/ is a folder of scripts, put on the path here)."""
 
 import importlib.util
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,9 @@ from accuracy import (  # noqa: E402
     RAYLEIGH_MEDIAN,
     as_acquired,
     heart_in_breast_mm3,
+    lesion_intervals,
     lesion_scores,
+    main,
     on_grid,
     summarise_lesions,
     with_noise,
@@ -99,6 +102,41 @@ def test_lesion_scores_count_small_lesions_apart_among_the_large_ones():
     assert summary["detected_over_20mm3"] == 0.75
     assert summary["detected_20_150mm3"] == 0.5
     assert summary["fp_per_case"] == 0.5
+
+
+def study_row(dice: float, lesions: int, found: int, false_positives: int) -> dict:
+    return {"lesion_dice": dice, "lesions": lesions, "large_lesions": lesions, "large_detected": found,
+            "small_lesions": 0, "small_detected": 0, "fp_lesions": false_positives}
+
+
+def test_lesion_intervals_resample_whole_studies_and_bracket_the_figures():
+    all_found, none_found = study_row(0.9, 2, 2, 0), study_row(0.0, 2, 0, 3)
+    intervals = lesion_intervals([all_found, none_found])
+    # A resample holds either study twice or both: the share found is 1, 0 or 0.5, never another value.
+    assert intervals["detected_over_20mm3"] == [0.0, 1.0]
+    assert intervals["fp_per_case"] == [0.0, 3.0]
+    rng = np.random.default_rng(3)
+    rows = [study_row(float(rng.uniform(0.5, 1.0)), 3, int(rng.integers(1, 4)), int(rng.integers(0, 3)))
+            for _ in range(30)]
+    summary, intervals = summarise_lesions(rows), lesion_intervals(rows)
+    for measure, (low, high) in intervals.items():
+        assert low < summary[measure] < high
+    doubled = lesion_intervals(rows * 4)  # four times the studies alike: a narrower interval
+    for measure, (low, high) in doubled.items():
+        assert high - low < intervals[measure][1] - intervals[measure][0]
+    assert lesion_intervals([study_row(0.8, 1, 1, 0)]) == {
+        "lesion_dice": None, "detected_over_20mm3": None, "fp_per_case": None}
+
+
+def test_pool_prints_the_figures_of_several_runs_together(tmp_path, capsys):
+    runs = [[study_row(0.8, 2, 2, 0)], [study_row(0.6, 2, 1, 1), study_row(0.7, 1, 1, 2)]]
+    for index, rows in enumerate(runs):
+        cases = [{**row, "breast_dice": 0.96, "heart_mm3": 0.0} for row in rows]
+        (tmp_path / f"run{index}.json").write_text(json.dumps({"cases": cases}))
+    assert main(["--pool", str(tmp_path / "run0.json"), str(tmp_path / "run1.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| cases | 3 |" in table
+    assert "| detected_over_20mm3 | 0.800 | 0.500-1.000 | 0.900 |" in table  # 4 of 5 found
 
 
 def test_breast_on_the_heart_muscle_is_measured_in_mm3():

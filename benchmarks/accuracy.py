@@ -4,9 +4,11 @@
                                   [--uptake 1] [--noise 1] [--sagittal SLICE_MM | --reslice SLICE_MM | --tilt DEGREES]
                                   [--min-lesion-peak P]
                                   [--mixed-precision] [--out accuracy.json]
+    python benchmarks/accuracy.py --pool held-9000.json held-9100.json
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive lesions
-per case, and the issue's targets next to them; and how much of the predicted breast lies on the phantom's heart
+per case, and the issue's targets next to them, with 95 % intervals of the lesion figures over studies (how far
+another draw of as many studies could move them); and how much of the predicted breast lies on the phantom's heart
 muscle (a breast region must leave the strongly enhancing heart out). Prints; asserts nothing. ``--motion-mm`` moves
 the post-contrast image along the anterior-posterior axis before segmenting, as a patient breathing or settling
 between the phases does (the phantom's own motion is under a voxel), to show how the models bear misregistration.
@@ -20,7 +22,8 @@ as scanners that interpolate slices reconstruct them (GE's ZIP2 halves the spaci
 a grid of the study's spacing turned about the left-right axis, as an oblique prescription acquires a patient lying
 straight; the models were trained on studies whose axes are the patient's. ``--min-lesion-peak`` replaces the lesion
 card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the networks as
-``breastseg segment --mixed-precision`` does.
+``breastseg segment --mixed-precision`` does. ``--pool`` prints the figures of the studies of several ``--out``
+files together (the README's 48 held-out studies are two runs of 24).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import stats
 
 from BreastSegmentationLib.data.phantom import PhantomCase, generate_case
 from BreastSegmentationLib.data.phantom_anatomy import Tissue
@@ -73,6 +77,32 @@ def summarise_lesions(rows: list[dict]) -> dict:
         "detected_20_150mm3": sum(r["small_detected"] for r in rows) / small if small else None,
         "fp_per_case": float(np.mean([r["fp_lesions"] for r in rows])),
     }
+
+
+def lesion_intervals(rows: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """95 % percentile-bootstrap intervals of :func:`summarise_lesions`' lesion Dice, share of large lesions found
+    and false positives per study, resampling whole studies (a study's lesions share its acquisition, so lesions
+    are not independent draws). None where fewer than two studies carry the figure."""
+
+    def interval(samples: tuple[np.ndarray, ...], statistic) -> list[float] | None:
+        if len(samples[0]) < 2:
+            return None
+        result = stats.bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=resamples,
+                                 method="percentile", random_state=np.random.default_rng(seed))
+        return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+    dice = np.array([r["lesion_dice"] for r in rows if r["lesions"] > 0])
+    with_large = [r for r in rows if r["large_lesions"] > 0]
+    found = np.array([r["large_detected"] for r in with_large]), np.array([r["large_lesions"] for r in with_large])
+    return {
+        "lesion_dice": interval((dice,), lambda d, axis: d.mean(axis=axis)),
+        "detected_over_20mm3": interval(found, lambda hit, n, axis: hit.sum(axis=axis) / n.sum(axis=axis)),
+        "fp_per_case": interval((np.array([r["fp_lesions"] for r in rows]),), lambda f, axis: f.mean(axis=axis)),
+    }
+
+
+def interval_text(interval: list[float] | None) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
 
 
 def heart_in_breast_mm3(breast: sitk.Image, tissue: sitk.Image) -> float:
@@ -235,6 +265,14 @@ def summarise(rows: list[dict]) -> dict:
             "most_breast_on_heart_mm3": max(r["heart_mm3"] for r in rows), **summarise_lesions(rows)}
 
 
+def print_summary(rows: list[dict]) -> tuple[dict, dict]:
+    """Print the figures of ``rows`` (studies) with their 95 % intervals and the targets; return both."""
+    summary, intervals = summarise(rows), lesion_intervals(rows)
+    print(markdown_table([{"measure": k, "value": summary[k], "95 % interval": interval_text(intervals.get(k)),
+                           "target": TARGETS.get(k)} for k in summary]))
+    return summary, intervals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="model folder (default: the bundled models)")
@@ -262,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the breast and lesion networks in mixed precision, as `breastseg segment "
                              "--mixed-precision`")
     parser.add_argument("--out", help="also write the figures as JSON")
+    parser.add_argument("--pool", nargs="+", metavar="JSON", help="print the figures of these --out files' studies")
     args = parser.parse_args(argv)
+    if args.pool:
+        print_summary([row for path in args.pool for row in json.loads(Path(path).read_text())["cases"]])
+        return 0
     if args.noise < 1.0:
         parser.error("--noise must be 1 or more: noise can be added, not taken away")
     configure_cpu_memory()  # as the breastseg command does
@@ -275,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seed, args.seed + args.cases):
         rows.append(evaluate_case(seed, models, options, change))
         print(json.dumps(rows[-1]), flush=True)
-    summary = summarise(rows)
     print(markdown_table(rows))
-    print(markdown_table([{"measure": k, "value": summary[k], "target": TARGETS.get(k)} for k in summary]))
+    summary, intervals = print_summary(rows)
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "cases": rows, "targets": TARGETS}, indent=2))
+        Path(args.out).write_text(json.dumps({"summary": summary, "intervals_95": intervals, "cases": rows,
+                                              "targets": TARGETS}, indent=2))
     return 0
 
 
