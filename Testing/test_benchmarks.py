@@ -18,6 +18,7 @@ from accuracy import (  # noqa: E402
     lesion_intervals,
     lesion_scores,
     main,
+    paired_differences,
     on_grid,
     summarise_lesions,
     with_noise,
@@ -136,7 +137,26 @@ def test_pool_prints_the_figures_of_several_runs_together(tmp_path, capsys):
     assert main(["--pool", str(tmp_path / "run0.json"), str(tmp_path / "run1.json")]) == 0
     table = capsys.readouterr().out
     assert "| cases | 3 |" in table
-    assert "| detected_over_20mm3 | 0.800 | 0.500-1.000 | 0.900 |" in table  # 4 of 5 found
+    assert "| detected_over_20mm3 | 0.800 | 0.500 to 1.000 | 0.900 |" in table  # 4 of 5 found
+
+
+def test_paired_differences_compare_the_same_studies_and_cancel_what_they_share():
+    rng = np.random.default_rng(5)
+    before = [{**study_row(float(rng.uniform(0.2, 1.0)), 2, int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+               "seed": seed} for seed in range(40)]
+    # The same studies, each found lesion's Dice a little higher: hard studies stay hard.
+    after = [{**row, "lesion_dice": row["lesion_dice"] + 0.02} for row in before[::-1]]
+    dice, found, false_positives = paired_differences(before, after + [{**before[0], "seed": 99}])
+    assert dice["studies"] == 40 and dice["difference"] == pytest.approx(0.02)
+    assert dice["95 % interval"] == "0.020 to 0.020"  # paired: study-to-study spread cancels
+    assert found["difference"] == 0.0 and false_positives["difference"] == 0.0
+    one_more = [{**row, "large_detected": row["large_detected"] + (row["seed"] == 3)} for row in before]
+    found = paired_differences(before, one_more)[1]
+    assert found["difference"] == pytest.approx(1 / 80)
+    low, high = (float(value) for value in found["95 % interval"].split(" to "))
+    assert low == 0.0 < found["difference"] < high  # one lesion more in one study: no difference from chance
+    with pytest.raises(SystemExit, match="share no study"):
+        paired_differences(before, [{**before[0], "seed": 99}])
 
 
 def test_breast_on_the_heart_muscle_is_measured_in_mm3():

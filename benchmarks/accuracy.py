@@ -5,6 +5,7 @@
                                   [--min-lesion-peak P]
                                   [--mixed-precision] [--out accuracy.json]
     python benchmarks/accuracy.py --pool held-9000.json held-9100.json
+    python benchmarks/accuracy.py --before held-9000.json held-9100.json --after new-9000.json new-9100.json
 
 Reports per case and overall: breast (BRS) Dice, lesion Dice, lesions over 20 mm3 detected, false-positive lesions
 per case, and the issue's targets next to them, with 95 % intervals of the lesion figures over studies (how far
@@ -23,7 +24,8 @@ a grid of the study's spacing turned about the left-right axis, as an oblique pr
 straight; the models were trained on studies whose axes are the patient's. ``--min-lesion-peak`` replaces the lesion
 card's peak rule, as ``breastseg segment --min-lesion-peak`` does, and ``--mixed-precision`` runs the networks as
 ``breastseg segment --mixed-precision`` does. ``--pool`` prints the figures of the studies of several ``--out``
-files together (the README's 48 held-out studies are two runs of 24).
+files together (the README's 48 held-out studies are two runs of 24); ``--before`` and ``--after`` compare two model
+sets study by study, with 95 % intervals of the differences.
 """
 
 from __future__ import annotations
@@ -79,30 +81,65 @@ def summarise_lesions(rows: list[dict]) -> dict:
     }
 
 
-def lesion_intervals(rows: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
-    """95 % percentile-bootstrap intervals of :func:`summarise_lesions`' lesion Dice, share of large lesions found
-    and false positives per study, resampling whole studies (a study's lesions share its acquisition, so lesions
-    are not independent draws). None where fewer than two studies carry the figure."""
+def bootstrap_interval(samples: tuple[np.ndarray, ...], statistic, resamples: int = 2000,
+                       seed: int = 0) -> list[float] | None:
+    """95 % percentile-bootstrap interval of ``statistic(*samples, axis)``, resampling the samples' rows (studies)
+    together; None for fewer than two studies."""
+    if len(samples[0]) < 2:
+        return None
+    result = stats.bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=resamples,
+                             method="percentile", random_state=np.random.default_rng(seed))
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
-    def interval(samples: tuple[np.ndarray, ...], statistic) -> list[float] | None:
-        if len(samples[0]) < 2:
-            return None
-        result = stats.bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=resamples,
-                                 method="percentile", random_state=np.random.default_rng(seed))
-        return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
+def _mean(values: np.ndarray, axis: int) -> np.ndarray:
+    return values.mean(axis=axis)
+
+
+def _share(hits: np.ndarray, counts: np.ndarray, axis: int) -> np.ndarray:
+    return hits.sum(axis=axis) / counts.sum(axis=axis)
+
+
+def lesion_intervals(rows: list[dict]) -> dict:
+    """95 % intervals of :func:`summarise_lesions`' lesion Dice, share of large lesions found and false positives
+    per study, resampling whole studies (a study's lesions share its acquisition, so lesions are not independent
+    draws). None where fewer than two studies carry the figure."""
     dice = np.array([r["lesion_dice"] for r in rows if r["lesions"] > 0])
     with_large = [r for r in rows if r["large_lesions"] > 0]
     found = np.array([r["large_detected"] for r in with_large]), np.array([r["large_lesions"] for r in with_large])
-    return {
-        "lesion_dice": interval((dice,), lambda d, axis: d.mean(axis=axis)),
-        "detected_over_20mm3": interval(found, lambda hit, n, axis: hit.sum(axis=axis) / n.sum(axis=axis)),
-        "fp_per_case": interval((np.array([r["fp_lesions"] for r in rows]),), lambda f, axis: f.mean(axis=axis)),
-    }
+    return {"lesion_dice": bootstrap_interval((dice,), _mean),
+            "detected_over_20mm3": bootstrap_interval(found, _share),
+            "fp_per_case": bootstrap_interval((np.array([r["fp_lesions"] for r in rows], float),), _mean)}
+
+
+def paired_differences(before: list[dict], after: list[dict]) -> list[dict]:
+    """``after`` minus ``before`` on the studies both scored (by seed): lesion Dice, share of large lesions found
+    and false positives per study, each with the 95 % interval of the difference from resampling those studies.
+    Paired, so that what the studies share (how hard each is) cancels: an interval that holds 0 is no difference
+    these studies can tell from chance."""
+    by_seed = {row["seed"]: row for row in before}
+    pairs = [(by_seed[row["seed"]], row) for row in after if row["seed"] in by_seed]
+    if not pairs:
+        raise SystemExit("the two sets of runs share no study (seed)")
+    with_lesions = [(a, b) for a, b in pairs if a["lesions"] > 0]
+    dice = np.array([b["lesion_dice"] - a["lesion_dice"] for a, b in with_lesions])
+    found = (np.array([b["large_detected"] - a["large_detected"] for a, b in pairs], float),
+             np.array([a["large_lesions"] for a, _ in pairs], float))
+    false_positives = np.array([b["fp_lesions"] - a["fp_lesions"] for a, b in pairs], float)
+    before_summary = summarise_lesions([a for a, _ in pairs])
+    after_summary = summarise_lesions([b for _, b in pairs])
+    rows = []
+    for measure, samples, statistic in (("lesion_dice", (dice,), _mean),
+                                        ("detected_over_20mm3", found, _share),
+                                        ("fp_per_case", (false_positives,), _mean)):
+        rows.append({"measure": measure, "studies": len(samples[0]), "before": before_summary[measure],
+                     "after": after_summary[measure], "difference": float(statistic(*samples, axis=0)),
+                     "95 % interval": interval_text(bootstrap_interval(samples, statistic))})
+    return rows
 
 
 def interval_text(interval: list[float] | None) -> str:
-    return f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
+    return f"{interval[0]:.3f} to {interval[1]:.3f}" if interval else ""
 
 
 def heart_in_breast_mm3(breast: sitk.Image, tissue: sitk.Image) -> float:
@@ -265,6 +302,11 @@ def summarise(rows: list[dict]) -> dict:
             "most_breast_on_heart_mm3": max(r["heart_mm3"] for r in rows), **summarise_lesions(rows)}
 
 
+def studies_in(paths: list[str]) -> list[dict]:
+    """The per-study rows of these ``--out`` files."""
+    return [row for path in paths for row in json.loads(Path(path).read_text())["cases"]]
+
+
 def print_summary(rows: list[dict]) -> tuple[dict, dict]:
     """Print the figures of ``rows`` (studies) with their 95 % intervals and the targets; return both."""
     summary, intervals = summarise(rows), lesion_intervals(rows)
@@ -301,9 +343,17 @@ def main(argv: list[str] | None = None) -> int:
                              "--mixed-precision`")
     parser.add_argument("--out", help="also write the figures as JSON")
     parser.add_argument("--pool", nargs="+", metavar="JSON", help="print the figures of these --out files' studies")
+    parser.add_argument("--before", nargs="+", metavar="JSON",
+                        help="with --after: compare two sets of --out files study by study (after minus before)")
+    parser.add_argument("--after", nargs="+", metavar="JSON")
     args = parser.parse_args(argv)
     if args.pool:
-        print_summary([row for path in args.pool for row in json.loads(Path(path).read_text())["cases"]])
+        print_summary(studies_in(args.pool))
+        return 0
+    if args.before or args.after:
+        if not (args.before and args.after):
+            parser.error("--before and --after go together")
+        print(markdown_table(paired_differences(studies_in(args.before), studies_in(args.after))))
         return 0
     if args.noise < 1.0:
         parser.error("--noise must be 1 or more: noise can be added, not taken away")
