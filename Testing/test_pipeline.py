@@ -258,11 +258,13 @@ def test_segment_command_writes_every_output_and_metrics_with_a_reference(tmp_pa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
 
 
-@pytest.mark.parametrize("problem", ["missing", "2d", "no_overlap"])
+@pytest.mark.parametrize("problem", ["missing", "2d", "no_overlap", "swapped"])
 def test_segment_command_rejects_bad_input_with_exit_2_and_no_output(tmp_path, study_files, problem, capsys):
     models = write_models(tmp_path / "models", breast_logit=5.0, lesion_logit=5.0)
-    post = study_files[1]
-    if problem == "missing":
+    pre, post = study_files
+    if problem == "swapped":
+        pre, post = post, pre
+    elif problem == "missing":
         post = tmp_path / "absent.nii.gz"
     elif problem == "2d":
         post = tmp_path / "flat.nii.gz"
@@ -273,12 +275,13 @@ def test_segment_command_rejects_bad_input_with_exit_2_and_no_output(tmp_path, s
         post = tmp_path / "far.nii.gz"
         sitk.WriteImage(far, str(post))
     out = tmp_path / "out"
-    code = main(["--progress", "none", "segment", "--pre", str(study_files[0]), "--post", str(post),
+    code = main(["--progress", "none", "segment", "--pre", str(pre), "--post", str(post),
                  "--out", str(out), "--models", str(models), "--device", "cpu"])
     assert code == 2
     assert not out.exists()
     error = capsys.readouterr().err
-    assert {"missing": "not found", "2d": "2-D", "no_overlap": "do not overlap"}[problem] in error
+    assert {"missing": "not found", "2d": "2-D", "no_overlap": "do not overlap",
+            "swapped": "are pre and post swapped?"}[problem] in error
 
 
 def test_tampered_weights_are_refused(tmp_path, study_files):

@@ -18,6 +18,7 @@ from BreastSegmentationLib.data.preprocessing import (
     PreprocessConfig,
     background_enhancement,
     body_mask,
+    check_post_enhances,
     fill_holes_per_slice,
     image_on_grid,
     inplane_grid,
@@ -373,3 +374,16 @@ def test_image_on_grid_resamples_other_grids_and_views_its_own(oblique_image):
     shifted = Grid(shifted.size, shifted.spacing, tuple(v + 0.3 for v in shifted.origin), shifted.direction)
     expected = sitk.GetArrayFromImage(resample_like(oblique_image, shifted.reference()))
     np.testing.assert_array_equal(image_on_grid(oblique_image, shifted), expected)
+
+
+def test_phases_given_the_wrong_way_round_are_refused():
+    rng = np.random.default_rng(7)
+    pre = rng.uniform(200.0, 600.0, 20000).astype(np.float32)  # body voxels: fat, gland, muscle
+    post = pre + rng.normal(0.0, 15.0, pre.size).astype(np.float32)  # noise, and motion edges both ways
+    post[:600] += rng.uniform(200.0, 900.0, 600).astype(np.float32)  # 3 %: heart, vessels, enhancing gland
+    check_post_enhances(pre, post)
+    check_post_enhances(pre, pre)  # no uptake at all: nothing to tell, nothing refused
+    check_post_enhances(pre, pre + rng.normal(0.0, 15.0, pre.size).astype(np.float32))  # noise alone
+    with pytest.raises(InputError, match="are pre and post swapped"):
+        check_post_enhances(post, pre, "study 7")
+
