@@ -332,7 +332,7 @@ def check_post_enhances(pre_body: np.ndarray, post_body: np.ndarray, case_id: st
     if -fall > SWAPPED_PHASES_RATIO * max(float(rise), 0.0):
         raise InputError(f"case {case_id}: the post-contrast image is darker than the pre-contrast one where tissue "
                          f"enhances (its signal falls by up to {-fall:.4g} and rises by at most {max(rise, 0.0):.4g}): "
-                         "are pre and post swapped?")
+                         "are pre and post swapped, or is the post-contrast image a subtraction?")
 
 
 def normalise(phases: np.ndarray, statistics: IntensityStatistics) -> None:
