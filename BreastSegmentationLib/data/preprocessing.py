@@ -62,8 +62,8 @@ ENHANCEMENT_FLOOR_FRACTION = 0.2
 ENHANCEMENT_RANGE = (-1.0, 4.0)
 #: Swapped phases are refused when, in the body, the post-contrast signal falls further than this many times as far as
 #: it rises (1st against 99th percentile of post - pre). Uptake (heart, vessels, gland, lesions) makes the rise the
-#: larger tail of every DCE study, noise and motion edges give both tails alike: on phantom studies the fall reached
-#: 0.02-0.1 of the rise, and 10-48 times it with the phases swapped.
+#: larger tail of every DCE study, noise and motion edges give both tails alike: on 60 phantom studies (seeds
+#: 3000-3059) the fall reached 0.01-0.14 of the rise, and 8-81 times it with the phases swapped.
 SWAPPED_PHASES_RATIO = 3.0
 #: Number of histogram bins of the equalisation option.
 EQUALISATION_BINS = 256
