@@ -380,6 +380,10 @@ class SegmentationResults:
 # BreastSegmentationLogic
 #
 
+#: Attribute of a volume made of a sequence's frame: "<sequence node ID>:<frame>".
+FRAME_ATTRIBUTE = "BreastSegmentation.SequenceFrame"
+
+
 
 class BreastSegmentationLogic(ScriptedLoadableModuleLogic):
     """Moves data between the scene and BreastSegmentationLib; usable without the widget (tests, batch)."""
@@ -439,13 +443,51 @@ class BreastSegmentationLogic(ScriptedLoadableModuleLogic):
     # Inputs
 
     def guessPrePostVolumes(self):
-        """The loaded volumes most likely to be the pre- and post-contrast phases (None when unsure)."""
+        """The loaded volumes most likely to be the pre- and post-contrast phases (None when unsure). A DCE series
+        loaded as a volume sequence (one series holding every phase, as GE and Philips store it) gives its first two
+        frames, copied into volumes of their own."""
         volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                   if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+                   if not node.IsA("vtkMRMLLabelMapVolumeNode") and not self._isSequenceProxy(node)]
         candidates = [scene.volume_candidate(node.GetID(), node.GetName(), self._dicomTags(node)) for node in volumes]
         preId, postId = scene.choose_pre_post(candidates)
+        if not (preId and postId) and (sequence := self._dceSequence()):
+            return tuple(self._frameVolume(sequence, phase) for phase in scene.PHASE_FRAMES)
         return (slicer.mrmlScene.GetNodeByID(preId) if preId else None,
                 slicer.mrmlScene.GetNodeByID(postId) if postId else None)
+
+    @staticmethod
+    def _isSequenceProxy(volumeNode) -> bool:
+        """Whether the volume shows the current frame of a sequence: which phase it holds depends on the browser."""
+        return slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volumeNode) is not None
+
+    @staticmethod
+    def _dceSequence():
+        """The one loaded volume sequence that can be the DCE series, or None."""
+        sequences = [node for node in slicer.util.getNodesByClass("vtkMRMLSequenceNode")
+                     if node.GetNumberOfDataNodes() and node.GetNthDataNode(0).IsA("vtkMRMLScalarVolumeNode")
+                     and not node.GetNthDataNode(0).IsA("vtkMRMLLabelMapVolumeNode")]
+        candidates = [scene.SequenceCandidate(node.GetID(), node.GetName(), node.GetNumberOfDataNodes(),
+                                              node.GetAttribute(scene.FRAME_TAG_ATTRIBUTE) or "")
+                      for node in sequences]
+        key = scene.choose_dce_sequence(candidates)
+        return slicer.mrmlScene.GetNodeByID(key) if key else None
+
+    @staticmethod
+    def _frameVolume(sequenceNode, phase: str):
+        """The volume holding the frame of ``phase`` of a DCE sequence: made once (a copy, so that browsing the
+        sequence leaves the input as it is) and found again by its attribute."""
+        frame = scene.PHASE_FRAMES[phase]
+        origin = f"{sequenceNode.GetID()}:{frame}"
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.GetAttribute(FRAME_ATTRIBUTE) == origin:
+                return node
+        data = sequenceNode.GetNthDataNode(frame)
+        volume = slicer.mrmlScene.AddNewNodeByClass(data.GetClassName(),
+                                                    scene.frame_volume_name(sequenceNode.GetName(), phase))
+        volume.CopyContent(data)
+        volume.SetAttribute(FRAME_ATTRIBUTE, origin)
+        volume.CreateDefaultDisplayNodes()
+        return volume
 
     @staticmethod
     def _dicomTags(volumeNode) -> dict:
@@ -628,6 +670,8 @@ class BreastSegmentationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_sampleEndToEnd()
+        self.setUp()
+        self.test_dceSequenceGivesItsFirstTwoFrames()
 
     def test_sampleEndToEnd(self):
         logic = BreastSegmentationLogic()
@@ -656,6 +700,30 @@ class BreastSegmentationTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(dice, 1.0, places=6)
         self.assertEqual(evaluated.overlapTable.GetCellText(0, 0), "Dice")
         self.assertGreater(evaluated.detectionTable.GetNumberOfRows(), 0)
+        self.delayDisplay("Test passed")
+
+    def test_dceSequenceGivesItsFirstTwoFrames(self):
+        """A DCE series loaded as one volume sequence (as the DICOM module loads GE and Philips multi-phase series):
+        its first two frames become the inputs, copied once; the sequence's proxy volume is never chosen."""
+        logic = BreastSegmentationLogic()
+        sample = resources.sample_dir()
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "Ax DCE")
+        sequence.SetAttribute(scene.FRAME_TAG_ATTRIBUTE, "TriggerTime")
+        expected = []
+        for index, name in enumerate(("pre.nii.gz", "post.nii.gz", "post.nii.gz")):
+            volume = slicer.util.loadVolume(str(sample / name))
+            expected.append(slicer.util.arrayFromVolume(volume).copy())
+            sequence.SetDataNodeAtValue(volume, str(index))
+            slicer.mrmlScene.RemoveNode(volume)
+        browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "Ax DCE browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+
+        pre, post = logic.guessPrePostVolumes()
+        self.assertEqual(pre.GetName(), scene.frame_volume_name("Ax DCE", "pre-contrast"))
+        self.assertEqual(post.GetName(), scene.frame_volume_name("Ax DCE", "post-contrast"))
+        self.assertTrue((slicer.util.arrayFromVolume(pre) == expected[0]).all())
+        self.assertTrue((slicer.util.arrayFromVolume(post) == expected[1]).all())
+        self.assertEqual(logic.guessPrePostVolumes(), (pre, post))  # found again, not copied twice
         self.delayDisplay("Test passed")
 
     def checkSegmentation(self, results):

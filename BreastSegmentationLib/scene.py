@@ -357,9 +357,12 @@ _POST_WORDS = re.compile(r"\b(post|postcontrast|post contrast|1st|first pass|pas
 _NOT_A_PHASE_WORDS = re.compile(r"\b(sub|subtract|subtraction|mip|mpr|diff|dwi|adc|t2|localizer|scout)\b")
 
 
+def _plain_words(text: str) -> str:
+    return re.sub(r"[_\-.:/()]+", " ", text.lower())
+
+
 def _words(candidate: VolumeCandidate) -> str:
-    text = f"{candidate.name} {candidate.series_description}".lower()
-    return re.sub(r"[_\-.:/()]+", " ", text)
+    return _plain_words(f"{candidate.name} {candidate.series_description}")
 
 
 def _named_pre(candidate: VolumeCandidate) -> bool:
@@ -404,6 +407,44 @@ def _by_channel_name(phases: Sequence[VolumeCandidate]) -> tuple[VolumeCandidate
         return None, None
     first, second = sorted(channels, key=lambda channel: channel[1])[:2]
     return (first[2], second[2]) if first[1] == 0 else (None, None)
+
+
+@dataclass(frozen=True)
+class SequenceCandidate:
+    """A loaded volume sequence (Slicer's Sequences) that may hold the DCE phases as its frames, in time order."""
+
+    key: str
+    name: str
+    frames: int
+    frame_tag: str = ""  #: the DICOM tag that tells the frames apart, when the importer recorded it
+
+
+#: Frame tags of sequences that step through time, as 3D Slicer's MultiVolumeImporter names them (its sequence
+#: attribute ``MultiVolume.FrameIdentifyingDICOMTagName``). Sequences over b-values, echo times, flip angles or the
+#: cardiac cycle are other acquisitions.
+TIME_FRAME_TAGS = frozenset({"TriggerTime", "AcquisitionTime", "ContentTime", "SeriesTime", "Time",
+                             "TemporalPositionIdentifier", "DeltaStartTime"})
+#: Slicer attribute of a volume sequence that names its frame tag (see :data:`TIME_FRAME_TAGS`).
+FRAME_TAG_ATTRIBUTE = "MultiVolume.FrameIdentifyingDICOMTagName"
+
+
+def choose_dce_sequence(candidates: Sequence[SequenceCandidate]) -> str | None:
+    """Key of the one volume sequence that can be the DCE series (None when none or several can): two frames or
+    more, stepping through time where the frame tag is known, and not named as a subtraction, DWI or other
+    series that is no phase. Its first frame is then the pre-contrast phase, its second the first post-contrast
+    one (sequences keep their frames in index order: time, for the importer)."""
+    dce = [c for c in candidates if c.frames >= 2 and (not c.frame_tag or c.frame_tag in TIME_FRAME_TAGS)
+           and not _NOT_A_PHASE_WORDS.search(_plain_words(c.name))]
+    return dce[0].key if len(dce) == 1 else None
+
+
+#: Frames of a DCE volume sequence (:func:`choose_dce_sequence`) that are the pre- and first post-contrast phases.
+PHASE_FRAMES = {"pre-contrast": 0, "post-contrast": 1}
+
+
+def frame_volume_name(sequence_name: str, phase: str) -> str:
+    """Name of the volume made of a DCE sequence's frame of ``phase`` (a key of :data:`PHASE_FRAMES`)."""
+    return f"{sequence_name} frame {PHASE_FRAMES[phase] + 1} ({phase})"
 
 
 def choose_pre_post(candidates: Sequence[VolumeCandidate]) -> tuple[str | None, str | None]:

@@ -62,10 +62,14 @@ from BreastSegmentationLib.scene import (
     REAL,
     TEXT,
     LESION_COLOR,
+    PHASE_FRAMES,
+    SequenceCandidate,
     VolumeCandidate,
     breast_labelmap,
+    choose_dce_sequence,
     choose_pre_post,
     detection_table,
+    frame_volume_name,
     lesion_label_image,
     lesion_labelmap,
     lesion_segment,
@@ -357,6 +361,26 @@ def test_nnunet_channel_names_order_the_phases_of_one_case():
     assert keys(VolumeCandidate("a", "x_0000"), VolumeCandidate("b", "y_0001"), VolumeCandidate("c", "z")) == (
         None, None)  # two cases: no order between them
     assert keys(VolumeCandidate("a", "scan_0001"), VolumeCandidate("b", "scan_0000_sub")) == (None, None)
+
+
+def test_the_one_time_sequence_is_the_dce_series_and_others_are_not():
+    dce = SequenceCandidate("s1", "7: Ax VIBRANT MPh", frames=6, frame_tag="TriggerTime")
+    dwi = SequenceCandidate("s2", "9: DWI", frames=3, frame_tag="GE.B-value")
+    flip_angles = SequenceCandidate("s3", "3: T1 map", frames=4, frame_tag="FlipAngle")
+    assert choose_dce_sequence([dwi, dce, flip_angles]) == "s1"
+    untagged = SequenceCandidate("s4", "dce.seq.nrrd", frames=5)  # a sequence file: no frame tag, any index
+    assert choose_dce_sequence([untagged]) == "s4"
+    assert choose_dce_sequence([dce, untagged]) is None  # two could be: no guess
+    subtraction = SequenceCandidate("s5", "8: Ax VIBRANT SUB", frames=5, frame_tag="TriggerTime")
+    one_frame = SequenceCandidate("s6", "dyn", frames=1, frame_tag="TriggerTime")
+    assert choose_dce_sequence([subtraction, one_frame, dwi]) is None
+    assert choose_dce_sequence([]) is None
+
+
+def test_frame_volumes_are_named_after_their_sequence_and_phase():
+    assert frame_volume_name("7: Ax VIBRANT MPh", "pre-contrast") == "7: Ax VIBRANT MPh frame 1 (pre-contrast)"
+    assert frame_volume_name("dyn", "post-contrast") == "dyn frame 2 (post-contrast)"
+    assert PHASE_FRAMES == {"pre-contrast": 0, "post-contrast": 1}
 
 
 def test_volume_candidate_from_dicom_tags():
