@@ -281,7 +281,7 @@ def test_segment_command_rejects_bad_input_with_exit_2_and_no_output(tmp_path, s
     assert not out.exists()
     error = capsys.readouterr().err
     assert {"missing": "not found", "2d": "2-D", "no_overlap": "do not overlap",
-            "swapped": "are pre and post swapped?"}[problem] in error
+            "swapped": "are pre and post swapped"}[problem] in error
 
 
 def test_tampered_weights_are_refused(tmp_path, study_files):
