@@ -306,10 +306,11 @@ def intensity_statistics(pre_zyx: np.ndarray, post_zyx: np.ndarray, config: Prep
     body = body_mask(pre, threshold)
     if not body.any():
         raise InputError(f"case {case_id}: no body voxels found in the pre-contrast image (is it blank?)")
-    check_post_enhances(pre[body], post[body], case_id)
+    pre_body, post_body = pre[body], post[body]
+    check_post_enhances(pre_body, post_body, case_id)
     if config.normalisation == "none":
         return IntensityStatistics(0.0, 1.0, threshold)
-    pre_body, post_body = pre[body].astype(np.float64), post[body].astype(np.float64)
+    pre_body, post_body = pre_body.astype(np.float64), post_body.astype(np.float64)
     ranges = [None, None]
     if config.clip_percentiles is not None:
         ranges = [tuple(float(v) for v in np.percentile(values, config.clip_percentiles))
