@@ -384,7 +384,6 @@ class SegmentationResults:
 FRAME_ATTRIBUTE = "BreastSegmentation.SequenceFrame"
 
 
-
 class BreastSegmentationLogic(ScriptedLoadableModuleLogic):
     """Moves data between the scene and BreastSegmentationLib; usable without the widget (tests, batch)."""
 
