@@ -645,8 +645,35 @@ def test_a_classifier_of_two_inputs_sees_the_pre_contrast_phase_in_its_second_ch
     assert found.network_input[1:] == (2, 32, 32, 32)
     assert found.mask[BALL_CENTRE] and not found.mask[12, :, 46:51].any()  # the ball, dark on pre; not the tube
     assert all(distance_mm(found.peaks, BALL_CENTRE) < 2.0)
-    with pytest.raises(InputError, match="enhancement"):
-        cube_volumes(pre, pre + subtraction, subtraction, ["subtraction", "enhancement"])
+    with pytest.raises(InputError, match="excess"):
+        cube_volumes(pre, pre + subtraction, subtraction, ["subtraction", "excess"])
+
+
+def test_relative_enhancement_divides_out_bright_fat_and_floors_dark_tissue():
+    from BreastSegmentationLib.inference.foci import relative_enhancement
+    pre = np.full((4, 6, 6), 1000.0, np.float32)  # bright fat: its 99.5th percentile sets the floor, 200
+    pre[0, 0, :2] = (400.0, 50.0)
+    subtraction = np.zeros_like(pre)
+    subtraction[0, 0, :3] = (200.0, 100.0, 30.0)
+    enhancement = relative_enhancement(pre, subtraction)
+    assert enhancement[0, 0, :3] == pytest.approx((0.5, 0.5, 0.03))  # 200 / 400, 100 / floor 200, 30 / 1000
+    assert enhancement.dtype == np.float32 and not enhancement[1:].any()
+
+
+def test_candidates_can_be_scored_on_the_relative_enhancement(study, rng):
+    """Without fat saturation a focus in bright fat enhances little against the fat's noise in the subtraction, but
+    much relative to its own dark pre-contrast signal: scored on the relative enhancement, the ball leads."""
+    from BreastSegmentationLib.inference.foci import scored_volume
+    subtraction, breast, ball = study
+    pre = pre_contrast(study, rng)
+    scored = scored_volume(FocusSearch(score_input="enhancement"), subtraction, pre)
+    assert np.ma.masked_array(scored, ~breast).argmax() == np.ravel_multi_index(
+        np.argwhere(ball > 0)[np.argmax(scored[ball > 0])], SHAPE)  # the highest voxel lies in the ball
+    assert scored_volume(SEARCH, subtraction, None) is subtraction
+    with pytest.raises(InputError, match="pre-contrast phase"):
+        scored_volume(FocusSearch(score_input="enhancement"), subtraction, None)
+    with pytest.raises(InputError, match="score_input"):
+        FocusSearch(score_input="post")
 
 
 def test_the_pipeline_gives_a_foci_card_the_inputs_it_names_and_refuses_others(tmp_path, rng):
@@ -661,9 +688,9 @@ def test_the_pipeline_gives_a_foci_card_the_inputs_it_names_and_refuses_others(t
     post[20, 20, 5] = 3000.0
     assert segment_images(pre, post, models).network_inputs["foci"][1:] == (2, 32, 32, 32)
     saved = ModelCard.from_json(folder / "foci_classifier.json").to_dict()
-    saved["inputs"] = ["subtraction", "enhancement"]
+    saved["inputs"] = ["subtraction", "excess"]
     (folder / "foci_classifier.json").write_text(__import__("json").dumps(saved))
-    with pytest.raises(InputError, match="foci classifier's inputs must be among .*; got enhancement"):
+    with pytest.raises(InputError, match="foci classifier's inputs must be among .*; got excess"):
         load_models(folder, "cpu")
 
 

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from ..data.preprocessing import ENHANCEMENT_FLOOR_FRACTION, ENHANCEMENT_RANGE
 from ..errors import InputError
 from ..io.images import bounding_box, orientation_code, reorient
 from .runtime import in_background
@@ -49,6 +50,13 @@ class FocusSearch:
     #: surroundings: on 96 tuning phantom studies it gave a true lesion of 15 ml, which filled the cube, 0.08, while
     #: no false lesion of the lesion model was larger than 3.8 ml.
     veto_max_mm3: float | None = None
+    #: The volume the blob score is taken of: "subtraction", or "enhancement" (:func:`relative_enhancement`).
+    score_input: str = "subtraction"
+
+    def __post_init__(self) -> None:
+        if self.score_input not in SCORE_INPUTS:
+            raise InputError(f"a foci card's score_input must be one of {', '.join(SCORE_INPUTS)}; got "
+                             f"{self.score_input!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> FocusSearch:
@@ -56,6 +64,28 @@ class FocusSearch:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: The volumes the blob score may be taken of (:attr:`FocusSearch.score_input`).
+SCORE_INPUTS = ("subtraction", "enhancement")
+
+
+def relative_enhancement(pre: np.ndarray, subtraction: np.ndarray) -> np.ndarray:
+    """(post - pre) / max(pre, floor), as the lesion networks' channel (floor: a share of the 99.5th percentile of
+    ``pre``, every second voxel along each axis). Bright fat divides out of it: without fat saturation, where fat
+    sets the subtraction's noise, a focus in fat stands out more than in the subtraction."""
+    floor = ENHANCEMENT_FLOOR_FRACTION * float(np.percentile(pre[::2, ::2, ::2], 99.5))
+    enhancement = subtraction / np.maximum(pre, max(floor, 1e-6))
+    return np.clip(enhancement, *ENHANCEMENT_RANGE, out=enhancement).astype(np.float32, copy=False)
+
+
+def scored_volume(search: FocusSearch, subtraction: np.ndarray, pre: np.ndarray | None) -> np.ndarray:
+    """The volume the search's blob score is taken of (:attr:`FocusSearch.score_input`)."""
+    if search.score_input == "subtraction":
+        return subtraction
+    if pre is None:
+        raise InputError("a blob score of the relative enhancement needs the study's pre-contrast phase")
+    return relative_enhancement(pre, subtraction)
 
 
 def _zyx(spacing_xyz: tuple[float, ...]) -> np.ndarray:
@@ -155,7 +185,7 @@ def breast_scale(volume: np.ndarray, breast: np.ndarray) -> tuple[float, float]:
 #: The volumes a foci classifier's cubes may show: a foci card's ``inputs`` name them, in the cubes' channel order.
 #: A focus in fat is dark on a pre-contrast image without fat saturation, where the bright fat makes the
 #: subtraction's noise.
-CUBE_INPUTS = ("subtraction", "pre", "post")
+CUBE_INPUTS = ("subtraction", "pre", "post", "enhancement")
 
 
 def check_cube_inputs(inputs: Sequence[str], source: object = None) -> None:
@@ -172,6 +202,8 @@ def cube_volumes(pre: np.ndarray, post: np.ndarray | None, subtraction: np.ndarr
     (``post`` may be None when they do not name it)."""
     check_cube_inputs(inputs)
     volumes = {"subtraction": subtraction, "pre": pre, "post": post}
+    if "enhancement" in inputs:
+        volumes["enhancement"] = relative_enhancement(pre, subtraction)
     return [volumes[name] for name in inputs]
 
 

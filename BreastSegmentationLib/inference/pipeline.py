@@ -62,6 +62,7 @@ from .foci import (
     lps_arrays,
     lps_block_arrays,
     mask_like,
+    scored_volume,
     search_region,
 )
 from .postprocess import LesionCleaning, breast_mask_on, clean_lesion_mask, label_by_size, without_labels
@@ -389,7 +390,7 @@ def add_foci(pre: sitk.Image, post: sitk.Image, breast: sitk.Image, lesions: sit
     if probability is not None and search.veto_below is not None and lesion_a.any():
         (probability_a,) = lps_arrays(probability_at_lesions(probability, grid, lesion_crop))
     subtraction = post_a - pre_a
-    foci = find_foci(subtraction, breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
+    foci = find_foci(scored_volume(search, subtraction, pre_a), breast_a > 0, lesion_a, lps_grid.GetSpacing(), model.networks, device, search,
                      model.card.threshold, min_volume_mm3 / float(np.prod(pre.GetSpacing())), probability_a,
                      cube_volumes(pre_a, post_a, subtraction, model.card.inputs), model.card.test_time_mirroring)
     if not foci.mask.any() and not foci.vetoed:

@@ -2,16 +2,20 @@
 
     python -m BreastSegmentationLib.training.foci --cases DIR [DIR ...] [--phantom SEED COUNT] [--seed S] --save EX.npz
                                                   [--fat-sat-probability P] [--inputs subtraction pre]
+                                                  [--score-input subtraction|enhancement]
     python -m BreastSegmentationLib.training.foci --components MODELS [--phantom-seeds 4000 120] --save VETO.npz
-                                                  [--inputs subtraction pre]
+                                                  [--inputs subtraction pre] [--score-input ...]
     python -m BreastSegmentationLib.training.foci --examples EX.npz [EX2.npz ...] [--component-examples VETO.npz]
                                                   [--component-repeats N] [--init CARD] --out DIR [--epochs 16]
+                                                  [--score-input ...]
 
 The first collects examples (cubes around blob peaks, labelled) from case folders and drawn phantom studies; the
 second collects the veto's examples: the lesions a model folder's lesion network finds in phantom studies, two cubes
 each, true when they touch a reference lesion; the third trains the classifier on saved examples (or goes on
 training a card's) and writes its model card and weights. ``--inputs`` chooses the volumes the cubes show, one
-channel each (:data:`~..inference.foci.CUBE_INPUTS`); a new classifier takes its examples' inputs. Each takes a long
+channel each (:data:`~..inference.foci.CUBE_INPUTS`); a new classifier takes its examples' inputs. ``--score-input``
+chooses the volume the blob score is taken of, where peaks are found (:attr:`~..inference.foci.FocusSearch.score_input`);
+the same is given to each step, and training writes it into the card. Each takes a long
 while, so they are separate steps, and several collections can run side by side.
 
 Examples: every blob peak of a study (:func:`~..inference.foci.candidate_peaks`, with a lower score floor than
@@ -45,6 +49,7 @@ from ..data.phantom import PhantomConfig, case_seed, generate_case
 from ..errors import InputError
 from ..inference.foci import (
     CUBE_INPUTS,
+    SCORE_INPUTS,
     FocusSearch,
     blob_score,
     breast_box,
@@ -55,6 +60,7 @@ from ..inference.foci import (
     classify,
     cube_volumes,
     lps_arrays,
+    scored_volume,
     search_margin_mm,
     veto_centres,
 )
@@ -138,7 +144,7 @@ def study_examples(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndar
                    study: str, pre: np.ndarray | None = None, inputs: Sequence[str] = ("subtraction",)) -> Examples:
     """One study's examples: its positives and up to ``negatives`` random negatives, as cubes of ``inputs``
     (``pre``: the study's pre-contrast phase, for inputs other than the subtraction)."""
-    score = blob_score(subtraction, breast, spacing_xyz, search)
+    score = blob_score(scored_volume(search, subtraction, pre), breast, spacing_xyz, search)
     peaks, labels, lesion_mm3 = labelled_peaks(score, breast, lesions, spacing_xyz, search)
     negative = np.flatnonzero(labels == 0)
     chosen = np.concatenate([np.flatnonzero(labels == 1),
@@ -163,7 +169,7 @@ def component_examples(subtraction: np.ndarray, breast: np.ndarray, reference: n
     ``reference`` lesion. Blob peaks alone teach the classifier too few of the network's own false positives
     (enhancing gland and vessels that it outlines slice by slice). ``pre`` and ``inputs`` as for
     :func:`study_examples`."""
-    score = blob_score(subtraction, breast, spacing_xyz, search)
+    score = blob_score(scored_volume(search, subtraction, pre), breast, spacing_xyz, search)
     labels, centres = veto_centres(found, probability, score)
     if not labels:
         return Examples.empty(search.patch_voxels, tuple(inputs))
@@ -405,13 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", nargs="+", default=FOCI_CARD.inputs, choices=CUBE_INPUTS,
                         help="collect: the volumes the cubes show, one channel each (default: subtraction); a new "
                              "classifier takes the inputs of its examples")
+    parser.add_argument("--score-input", choices=SCORE_INPUTS, default=FOCI_CARD.preprocessing["score_input"],
+                        help="collect and train: the volume the blob score is taken of (default: subtraction); give "
+                             "the same when collecting and when training, which writes it into the card")
     parser.add_argument("--init", help="train: go on training the classifier of this card instead of a new one")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--out", help="train: folder for the card and weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    search = FocusSearch.from_dict(FOCI_CARD.preprocessing)
+    search = replace(FocusSearch.from_dict(FOCI_CARD.preprocessing), score_input=args.score_input)
     if args.save and args.components:
         studies = network_lesion_studies(load_models(args.components, "cpu"), *args.phantom_seeds)
         save_examples(collect_component_examples(studies, search, args.inputs), args.save)
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --save to collect examples (with --components: the veto's), or --examples and --out to "
                      "train")
     examples = load_examples(args.examples)
-    card, initial = replace(FOCI_CARD, inputs=list(examples.inputs)), None
+    card, initial = replace(FOCI_CARD, inputs=list(examples.inputs), preprocessing=search.to_dict()), None
     if args.init:
         initial, card = load_model(args.init)
     components = load_examples(args.component_examples) if args.component_examples else None
