@@ -579,6 +579,20 @@ def test_the_command_goes_on_training_a_card_with_veto_examples(tmp_path, one_th
     assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), initial.state_dict().values()))
 
 
+def test_a_new_classifier_card_records_the_volume_its_blob_score_was_taken_of(tmp_path, one_thread):
+    from BreastSegmentationLib.training.foci import main, save_examples
+    rng = np.random.default_rng(3)
+    labels = np.arange(16) % 2
+    save_examples(Examples(rng.normal(0.0, 0.1, size=(16, 1, 32, 32, 32)).astype(np.float16), labels, labels * 50.0,
+                           np.array([f"s{i % 8}" for i in range(16)])), tmp_path / "peaks.npz")
+    for score_input in ("enhancement", "subtraction"):
+        extra = ["--score-input", score_input] if score_input == "enhancement" else []
+        assert main(["--examples", str(tmp_path / "peaks.npz"), "--epochs", "1", "--out", str(tmp_path / score_input),
+                     *extra]) == 0
+        card = ModelCard.from_json(tmp_path / score_input / "foci_classifier.json")
+        assert FocusSearch.from_dict(card.preprocessing).score_input == score_input
+
+
 def test_the_command_draws_phantom_studies_with_the_fat_saturation_share_asked_for(tmp_path, one_thread):
     from BreastSegmentationLib.data.phantom import case_seed, generate_case
     from BreastSegmentationLib.training.foci import (
