@@ -44,6 +44,7 @@ from BreastSegmentationLib.inference.foci import (
     lps_arrays,
     mask_like,
     score_candidates,
+    scored_volume,
 )
 from BreastSegmentationLib.inference.pipeline import SegmentationOptions, load_models, segment_images
 from BreastSegmentationLib.inference.postprocess import LesionCleaning, clean_lesion_mask
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                          result.probability) if sweeps_lesions else result.lesions
             (lesions,) = lps_arrays(labelled)
             subtraction = post - pre
-            candidates = score_candidates(subtraction, breast > 0, lesions, spacing, models.foci.networks,
+            candidates = score_candidates(scored_volume(search, subtraction, pre), breast > 0, lesions, spacing, models.foci.networks,
                                           models.device, search,
                                           cube_volumes(pre, post, subtraction, models.foci.card.inputs),
                                           models.foci.card.test_time_mirroring)
