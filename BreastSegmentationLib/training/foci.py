@@ -14,8 +14,9 @@ second collects the veto's examples: the lesions a model folder's lesion network
 each, true when they touch a reference lesion; the third trains the classifier on saved examples (or goes on
 training a card's) and writes its model card and weights. ``--inputs`` chooses the volumes the cubes show, one
 channel each (:data:`~..inference.foci.CUBE_INPUTS`); a new classifier takes its examples' inputs. ``--score-input``
-chooses the volume the blob score is taken of, where peaks are found (:attr:`~..inference.foci.FocusSearch.score_input`);
-the same is given to each step, and training writes it into the card. Each takes a long
+chooses the volume the blob score is taken of, where peaks are found
+(:attr:`~..inference.foci.FocusSearch.score_input`); the same is given to each step, and training writes it into the
+card. Each takes a long
 while, so they are separate steps, and several collections can run side by side.
 
 Examples: every blob peak of a study (:func:`~..inference.foci.candidate_peaks`, with a lower score floor than
