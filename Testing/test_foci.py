@@ -664,12 +664,12 @@ def test_a_classifier_of_two_inputs_sees_the_pre_contrast_phase_in_its_second_ch
 
 
 def test_relative_enhancement_divides_out_bright_fat_and_floors_dark_tissue():
-    from BreastSegmentationLib.inference.foci import relative_enhancement
+    from BreastSegmentationLib.inference.foci import block_enhancement
     pre = np.full((4, 6, 6), 1000.0, np.float32)  # bright fat: its 99.5th percentile sets the floor, 200
     pre[0, 0, :2] = (400.0, 50.0)
     subtraction = np.zeros_like(pre)
     subtraction[0, 0, :3] = (200.0, 100.0, 30.0)
-    enhancement = relative_enhancement(pre, subtraction)
+    enhancement = block_enhancement(pre, subtraction)
     assert enhancement[0, 0, :3] == pytest.approx((0.5, 0.5, 0.03))  # 200 / 400, 100 / floor 200, 30 / 1000
     assert enhancement.dtype == np.float32 and not enhancement[1:].any()
 
@@ -684,6 +684,7 @@ def test_candidates_can_be_scored_on_the_relative_enhancement(study, rng):
     assert np.ma.masked_array(scored, ~breast).argmax() == np.ravel_multi_index(
         np.argwhere(ball > 0)[np.argmax(scored[ball > 0])], SHAPE)  # the highest voxel lies in the ball
     assert scored_volume(SEARCH, subtraction, None) is subtraction
+    assert scored_volume(FocusSearch(score_input="enhancement"), subtraction, None, {"enhancement": scored}) is scored
     with pytest.raises(InputError, match="pre-contrast phase"):
         scored_volume(FocusSearch(score_input="enhancement"), subtraction, None)
     with pytest.raises(InputError, match="score_input"):

@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                                          result.probability) if sweeps_lesions else result.lesions
             (lesions,) = lps_arrays(labelled)
             subtraction = post - pre
-            candidates = score_candidates(scored_volume(search, subtraction, pre), breast > 0, lesions, spacing,
-                                          models.foci.networks, models.device, search,
-                                          cube_volumes(pre, post, subtraction, models.foci.card.inputs),
-                                          models.foci.card.test_time_mirroring)
+            channels = cube_volumes(pre, post, subtraction, models.foci.card.inputs)
+            scored = scored_volume(search, subtraction, pre, dict(zip(models.foci.card.inputs, channels)))
+            candidates = score_candidates(scored, breast > 0, lesions, spacing, models.foci.networks, models.device,
+                                          search, channels, models.foci.card.test_time_mirroring)
             veto_scores = lesion_veto_scores(candidates, lesions, probability, spacing, models.foci.networks,
                                              models.device, search)
             for threshold, min_score, veto in foci_points:

@@ -354,10 +354,16 @@ def enhancement_channel(phases: np.ndarray, statistics: IntensityStatistics, out
     looks the same as on any other. (The lesion table's enhancement, in evaluation.lesions, uses a tiny floor
     instead: it reports values, this one feeds a network and must not amplify noise.)
     """
-    floor = ENHANCEMENT_FLOOR_FRACTION * statistics.pre_range[1]
-    np.maximum(phases[0], floor, out=out)
-    np.divide(phases[1] - phases[0], out, out=out)
-    np.clip(out, *ENHANCEMENT_RANGE, out=out)
+    clipped_enhancement(phases[0], phases[1] - phases[0], ENHANCEMENT_FLOOR_FRACTION * statistics.pre_range[1], out)
+
+
+def clipped_enhancement(pre: np.ndarray, uptake: np.ndarray, floor: float,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """``uptake`` (post - pre) / max(``pre``, ``floor``), clipped to :data:`ENHANCEMENT_RANGE` (into ``out`` when
+    given): the relative enhancement the models see, here and in the foci search."""
+    out = np.maximum(pre, floor, out=out)
+    np.divide(uptake, out, out=out)
+    return np.clip(out, *ENHANCEMENT_RANGE, out=out)
 
 
 def equalise_jointly(channels: np.ndarray, body: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ trained in; its training flips every axis, so RAS or other flips read the same) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from ..data.preprocessing import ENHANCEMENT_FLOOR_FRACTION, ENHANCEMENT_RANGE
+from ..data.preprocessing import ENHANCEMENT_FLOOR_FRACTION, clipped_enhancement
 from ..errors import InputError
 from ..io.images import bounding_box, orientation_code, reorient
 from .runtime import in_background
@@ -50,7 +50,7 @@ class FocusSearch:
     #: surroundings: on 96 tuning phantom studies it gave a true lesion of 15 ml, which filled the cube, 0.08, while
     #: no false lesion of the lesion model was larger than 3.8 ml.
     veto_max_mm3: float | None = None
-    #: The volume the blob score is taken of: "subtraction", or "enhancement" (:func:`relative_enhancement`).
+    #: The volume the blob score is taken of: "subtraction", or "enhancement" (:func:`block_enhancement`).
     score_input: str = "subtraction"
 
     def __post_init__(self) -> None:
@@ -70,22 +70,26 @@ class FocusSearch:
 SCORE_INPUTS = ("subtraction", "enhancement")
 
 
-def relative_enhancement(pre: np.ndarray, subtraction: np.ndarray) -> np.ndarray:
-    """(post - pre) / max(pre, floor), as the lesion networks' channel (floor: a share of the 99.5th percentile of
-    ``pre``, every second voxel along each axis). Bright fat divides out of it: without fat saturation, where fat
-    sets the subtraction's noise, a focus in fat stands out more than in the subtraction."""
+def block_enhancement(pre: np.ndarray, subtraction: np.ndarray) -> np.ndarray:
+    """The lesion networks' relative enhancement channel (:func:`~..data.preprocessing.clipped_enhancement`) of a
+    block, its floor a share of the block's 99.5th percentile of ``pre`` (every second voxel along each axis): the
+    search has no body statistics. Bright fat divides out of it: without fat saturation, where fat sets the
+    subtraction's noise, a focus in fat stands out more than in the subtraction."""
     floor = ENHANCEMENT_FLOOR_FRACTION * float(np.percentile(pre[::2, ::2, ::2], 99.5))
-    enhancement = subtraction / np.maximum(pre, max(floor, 1e-6))
-    return np.clip(enhancement, *ENHANCEMENT_RANGE, out=enhancement).astype(np.float32, copy=False)
+    return clipped_enhancement(np.asarray(pre, dtype=np.float32), subtraction, max(floor, 1e-6))
 
 
-def scored_volume(search: FocusSearch, subtraction: np.ndarray, pre: np.ndarray | None) -> np.ndarray:
-    """The volume the search's blob score is taken of (:attr:`FocusSearch.score_input`)."""
+def scored_volume(search: FocusSearch, subtraction: np.ndarray, pre: np.ndarray | None,
+                  channels: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """The volume the search's blob score is taken of (:attr:`FocusSearch.score_input`); taken from ``channels``
+    (the cubes' volumes by input name) when they hold it, so that it is not computed twice."""
     if search.score_input == "subtraction":
         return subtraction
+    if channels and search.score_input in channels:
+        return channels[search.score_input]
     if pre is None:
         raise InputError("a blob score of the relative enhancement needs the study's pre-contrast phase")
-    return relative_enhancement(pre, subtraction)
+    return block_enhancement(pre, subtraction)
 
 
 def _zyx(spacing_xyz: tuple[float, ...]) -> np.ndarray:
@@ -203,7 +207,7 @@ def cube_volumes(pre: np.ndarray, post: np.ndarray | None, subtraction: np.ndarr
     check_cube_inputs(inputs)
     volumes = {"subtraction": subtraction, "pre": pre, "post": post}
     if "enhancement" in inputs:
-        volumes["enhancement"] = relative_enhancement(pre, subtraction)
+        volumes["enhancement"] = block_enhancement(pre, subtraction)
     return [volumes[name] for name in inputs]
 
 

@@ -145,12 +145,14 @@ def study_examples(subtraction: np.ndarray, breast: np.ndarray, lesions: np.ndar
                    study: str, pre: np.ndarray | None = None, inputs: Sequence[str] = ("subtraction",)) -> Examples:
     """One study's examples: its positives and up to ``negatives`` random negatives, as cubes of ``inputs``
     (``pre``: the study's pre-contrast phase, for inputs other than the subtraction)."""
-    score = blob_score(scored_volume(search, subtraction, pre), breast, spacing_xyz, search)
+    volumes = example_volumes(subtraction, pre, inputs)
+    score = blob_score(scored_volume(search, subtraction, pre, dict(zip(inputs, volumes))), breast, spacing_xyz,
+                       search)
     peaks, labels, lesion_mm3 = labelled_peaks(score, breast, lesions, spacing_xyz, search)
     negative = np.flatnonzero(labels == 0)
     chosen = np.concatenate([np.flatnonzero(labels == 1),
                              rng.choice(negative, size=min(negatives, len(negative)), replace=False)])
-    cubes = study_cubes(example_volumes(subtraction, pre, inputs), breast, peaks[chosen], spacing_xyz, search)
+    cubes = study_cubes(volumes, breast, peaks[chosen], spacing_xyz, search)
     return Examples(cubes.astype(np.float16), labels[chosen], lesion_mm3[chosen], np.full(len(chosen), study),
                     tuple(inputs))
 
@@ -170,7 +172,9 @@ def component_examples(subtraction: np.ndarray, breast: np.ndarray, reference: n
     ``reference`` lesion. Blob peaks alone teach the classifier too few of the network's own false positives
     (enhancing gland and vessels that it outlines slice by slice). ``pre`` and ``inputs`` as for
     :func:`study_examples`."""
-    score = blob_score(scored_volume(search, subtraction, pre), breast, spacing_xyz, search)
+    channels = example_volumes(subtraction, pre, inputs)
+    score = blob_score(scored_volume(search, subtraction, pre, dict(zip(inputs, channels))), breast, spacing_xyz,
+                       search)
     labels, centres = veto_centres(found, probability, score)
     if not labels:
         return Examples.empty(search.patch_voxels, tuple(inputs))
@@ -178,7 +182,7 @@ def component_examples(subtraction: np.ndarray, breast: np.ndarray, reference: n
     volumes = np.bincount(reference_labels.ravel()) * float(np.prod(spacing_xyz))
     touched = [np.unique(reference_labels[found == label]) for label in labels]
     lesion_mm3 = np.repeat([float(volumes[t[t > 0]].max(initial=0.0)) for t in touched], 2)
-    cubes = study_cubes(example_volumes(subtraction, pre, inputs), breast, centres, spacing_xyz, search)
+    cubes = study_cubes(channels, breast, centres, spacing_xyz, search)
     return Examples(cubes.astype(np.float16), (lesion_mm3 > 0).astype(np.int64), lesion_mm3,
                     np.full(len(centres), study), tuple(inputs))
 
@@ -414,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                              "classifier takes the inputs of its examples")
     parser.add_argument("--score-input", choices=SCORE_INPUTS, default=FOCI_CARD.preprocessing["score_input"],
                         help="collect and train: the volume the blob score is taken of (default: subtraction); give "
-                             "the same when collecting and when training, which writes it into the card")
+                             "the same when collecting and when training, which writes it into the card (with "
+                             "--init the card keeps its own)")
     parser.add_argument("--init", help="train: go on training the classifier of this card instead of a new one")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
     parser.add_argument("--epochs", type=int, default=16)
