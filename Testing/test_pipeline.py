@@ -282,6 +282,7 @@ def test_segment_command_rejects_bad_input_with_exit_2_and_no_output(tmp_path, s
     error = capsys.readouterr().err
     assert {"missing": "not found", "2d": "2-D", "no_overlap": "do not overlap",
             "swapped": "are pre and post swapped"}[problem] in error
+    assert "case " not in error  # a study being segmented is not named as a dataset's case
 
 
 def test_tampered_weights_are_refused(tmp_path, study_files):

@@ -384,7 +384,7 @@ def test_phases_given_the_wrong_way_round_are_refused():
     check_post_enhances(pre, post)
     check_post_enhances(pre, pre)  # no uptake at all: nothing to tell, nothing refused
     check_post_enhances(pre, pre + rng.normal(0.0, 15.0, pre.size).astype(np.float32))  # noise alone
-    with pytest.raises(InputError, match="are pre and post swapped"):
+    with pytest.raises(InputError, match="^case study 7: .*are pre and post swapped"):
         check_post_enhances(post, pre, "study 7")
     subtraction = rng.normal(0.0, 15.0, pre.size).astype(np.float32)
     subtraction[:600] += 300.0  # uptake as bright as the tissue: about 0 everywhere else

@@ -305,7 +305,7 @@ def intensity_statistics(pre_zyx: np.ndarray, post_zyx: np.ndarray, config: Prep
     threshold = body_threshold(pre) if config.body_threshold is None else float(config.body_threshold)
     body = body_mask(pre, threshold)
     if not body.any():
-        raise InputError(f"case {case_id}: no body voxels found in the pre-contrast image (is it blank?)")
+        raise InputError(f"{case_prefix(case_id)}no body voxels found in the pre-contrast image (is it blank?)")
     pre_body, post_body = pre[body], post[body]
     check_post_enhances(pre_body, post_body, case_id)
     if config.normalisation == "none":
@@ -322,17 +322,23 @@ def intensity_statistics(pre_zyx: np.ndarray, post_zyx: np.ndarray, config: Prep
         low, high = np.percentile(pre_body, config.clip_percentiles or (0.0, 100.0))
         offset, scale = float(low), float(high - low)
     if scale <= 0.0:
-        raise InputError(f"case {case_id}: the pre-contrast image is constant inside the body: it cannot be "
+        raise InputError(f"{case_prefix(case_id)}the pre-contrast image is constant inside the body: it cannot be "
                          "normalised")
     return IntensityStatistics(offset, scale, threshold, *ranges)
+
+
+def case_prefix(case_id: str) -> str:
+    """"case ID: " to start a message about a case of a dataset; nothing for an unnamed one (a study being segmented,
+    whose messages the command or module already places)."""
+    return f"case {case_id}: " if case_id else ""
 
 
 def check_post_enhances(pre_body: np.ndarray, post_body: np.ndarray, case_id: str = "case") -> None:
     """Refuse phases given the wrong way round: after contrast, signal rises (:data:`SWAPPED_PHASES_RATIO`)."""
     fall, rise = np.percentile(post_body - pre_body, (1.0, 99.0))
     if -fall > SWAPPED_PHASES_RATIO * max(float(rise), 0.0):
-        raise InputError(f"case {case_id}: the post-contrast image is darker than the pre-contrast one where tissue "
-                         f"enhances (its signal falls by up to {-fall:.4g} and rises by at most {max(rise, 0.0):.4g}): "
+        raise InputError(f"{case_prefix(case_id)}the post-contrast image is darker than the pre-contrast one where "
+                         f"tissue enhances (its signal falls by up to {-fall:.4g} and rises by at most {max(rise, 0.0):.4g}): "
                          "are pre and post swapped, or is the post-contrast image a subtraction?")
 
 

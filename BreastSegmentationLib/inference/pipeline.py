@@ -297,7 +297,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     seconds["align"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    for_breast = prepare_case(pre_ras, post_ras, config=models.breast.preprocessing, case_id="study")
+    for_breast = prepare_case(pre_ras, post_ras, config=models.breast.preprocessing, case_id="")
     breast_probability, breast_input = _predict_breast(models, for_breast, options, precision, progress)
     seconds["breast"] = time.perf_counter() - started
 
@@ -308,7 +308,7 @@ def segment_images(pre: sitk.Image, post: sitk.Image, models: ModelSet, options:
     breast_job = in_background(breast_mask_on, breast_probability, models.breast.card.threshold,
                                lesion_grid.reference())
     shared = models.breast.preprocessing.intensity_settings == models.lesion.preprocessing.intensity_settings
-    prepared = prepare_case(pre_ras, post_ras, config=models.lesion.preprocessing, case_id="study",
+    prepared = prepare_case(pre_ras, post_ras, config=models.lesion.preprocessing, case_id="",
                             statistics=for_breast.statistics if shared else None)
     breast = breast_job.result()
     breast_array = sitk.GetArrayFromImage(breast)
