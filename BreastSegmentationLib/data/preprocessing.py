@@ -328,8 +328,8 @@ def intensity_statistics(pre_zyx: np.ndarray, post_zyx: np.ndarray, config: Prep
 
 
 def case_prefix(case_id: str) -> str:
-    """"case ID: " to start a message about a case of a dataset; nothing for an unnamed one (a study being segmented,
-    whose messages the command or module already places)."""
+    """The start of a message about a dataset's case ("case ID: "); empty for an unnamed one, a study being segmented,
+    whose messages the command or module already places."""
     return f"case {case_id}: " if case_id else ""
 
 
@@ -338,8 +338,9 @@ def check_post_enhances(pre_body: np.ndarray, post_body: np.ndarray, case_id: st
     fall, rise = np.percentile(post_body - pre_body, (1.0, 99.0))
     if -fall > SWAPPED_PHASES_RATIO * max(float(rise), 0.0):
         raise InputError(f"{case_prefix(case_id)}the post-contrast image is darker than the pre-contrast one where "
-                         f"tissue enhances (its signal falls by up to {-fall:.4g} and rises by at most {max(rise, 0.0):.4g}): "
-                         "are pre and post swapped, or is the post-contrast image a subtraction?")
+                         f"tissue enhances (its signal falls by up to {-fall:.4g} and rises by at most "
+                         f"{max(rise, 0.0):.4g}): are pre and post swapped, or is the post-contrast image a "
+                         "subtraction?")
 
 
 def normalise(phases: np.ndarray, statistics: IntensityStatistics) -> None:
