@@ -15,6 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLosslessSV1
 
 from BreastSegmentationLib.cli import main
+from BreastSegmentationLib.inference.study import study_from_dicom
 from BreastSegmentationLib.errors import InputError
 from BreastSegmentationLib.io.dicom import NO_POST, NO_PRE, StudyDiscovery, discover_study, read_phase
 from BreastSegmentationLib.io.dicom_write import CONVENTIONS, EXTRAS, write_dce_study
@@ -128,10 +129,13 @@ def test_acquired_dce_phases_are_chosen_over_their_reformats(tmp_path, phases):
 
 
 def test_reformatted_dce_phases_alone_are_used_with_a_warning(tmp_path, phases):
-    found = discover_study(_write_reformats(phases[:2], tmp_path / "reformatted"))
+    folder = _write_reformats(phases[:2], tmp_path / "reformatted")
+    found = discover_study(folder)
     assert found.pre is not None and found.first_post is not None
     assert found.pre.image_type == ("DERIVED", "SECONDARY", "MPR")
     assert any("reformatted series" in warning for warning in found.warnings)
+    # the warning stays with the study read for segmenting (summary.json's inputs)
+    assert study_from_dicom(folder).sources["warnings"] == found.warnings
 
 
 def _delete_pre_contrast_files(study: Path, convention: str) -> None:

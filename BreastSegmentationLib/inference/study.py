@@ -60,14 +60,16 @@ def _series_source(series) -> dict:
 
 
 def study_from_dicom(folder: str | Path, progress: Progress | None = None) -> StudyInput:
-    """Discover the pre-contrast and first post-contrast phases of a DICOM study folder and read them."""
+    """Discover the pre-contrast and first post-contrast phases of a DICOM study folder and read them; the discovery's
+    warnings (reformatted phases only, an unknown phase order, files ignored) go into the sources, so that
+    ``summary.json`` keeps them beside the series chosen."""
     discovery = discover_study(folder, progress)
     if discovery.pre is None or discovery.first_post is None:
         raise InputError("no DCE series to segment: " + "; ".join(discovery.missing), folder)
     pre = read_phase(discovery.pre)
     post = read_phase(discovery.first_post)
     sources = {"dicom_folder": str(folder), "pre": _series_source(discovery.pre),
-               "post": _series_source(discovery.first_post)}
+               "post": _series_source(discovery.first_post), "warnings": list(discovery.warnings)}
     return StudyInput(pre, post, sources)
 
 
