@@ -291,7 +291,7 @@ class IntensityStatistics:
 
 
 def intensity_statistics(pre_zyx: np.ndarray, post_zyx: np.ndarray, config: PreprocessConfig,
-                         case_id: str = "case") -> IntensityStatistics:
+                         case_id: str = "") -> IntensityStatistics:
     """Statistics of the pre-contrast body voxels of the volumes as acquired (post on the pre grid).
 
     They are taken on every ``STATISTICS_STRIDE``-th slice, row and column: on 7 phantom studies the mean, deviation
@@ -333,7 +333,7 @@ def case_prefix(case_id: str) -> str:
     return f"case {case_id}: " if case_id else ""
 
 
-def check_post_enhances(pre_body: np.ndarray, post_body: np.ndarray, case_id: str = "case") -> None:
+def check_post_enhances(pre_body: np.ndarray, post_body: np.ndarray, case_id: str = "") -> None:
     """Refuse phases given the wrong way round: after contrast, signal rises (:data:`SWAPPED_PHASES_RATIO`)."""
     fall, rise = np.percentile(post_body - pre_body, (1.0, 99.0))
     if -fall > SWAPPED_PHASES_RATIO * max(float(rise), 0.0):
