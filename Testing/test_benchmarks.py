@@ -24,7 +24,7 @@ from accuracy import (  # noqa: E402
     with_noise,
 )
 from false_positives import false_positive_rows, tally  # noqa: E402
-from missed_lesions import reference_rows  # noqa: E402
+from missed_lesions import blob_rank_tally, reference_rows  # noqa: E402
 from missed_lesions import tally as tally_missed  # noqa: E402
 
 from BreastSegmentationLib.data.phantom_anatomy import Tissue  # noqa: E402
@@ -224,6 +224,36 @@ def test_missed_lesions_are_described_by_what_the_phantom_drew():
         {"fat_sat": False, "size": "20-150 mm3", "lesions": 1, "missed": 1},
         {"fat_sat": True, "size": "20-150 mm3", "lesions": 1, "missed": 1},
         {"fat_sat": True, "size": "over 150 mm3", "lesions": 1, "missed": 0}]
+
+
+def blobs_image(amplitudes_and_centres: list[tuple[float, tuple[int, int, int]]]) -> sitk.Image:
+    """A subtraction of faint noise with Gaussian blobs (sigma 1.5 voxels) of the given heights at (z, y, x)."""
+    grid = np.indices((40, 64, 64)).transpose(1, 2, 3, 0)
+    array = np.random.default_rng(3).normal(0.0, 1.0, grid.shape[:3])
+    for amplitude, centre in amplitudes_and_centres:
+        array += amplitude * np.exp(-((grid - centre) ** 2).sum(-1) / (2 * 1.5 ** 2))
+    return sitk.GetImageFromArray(array.astype(np.float32))
+
+
+def test_a_lesion_is_ranked_among_the_blobs_of_the_breast_that_are_no_lesion():
+    lesion_centre = (20, 32, 32)
+    others = [(60.0, (10, 12, 12)), (150.0, (30, 50, 12)), (200.0, (10, 50, 50))]
+    subtraction = blobs_image([(100.0, lesion_centre), *others])
+    breast = sitk.GetImageFromArray(np.ones((40, 64, 64), np.uint8))
+    reference_array = np.zeros((40, 64, 64), np.uint8)
+    reference_array[18:23, 30:35, 30:35] = 1  # 125 mm3 around the 100-high blob
+    reference = sitk.GetImageFromArray(reference_array)
+    probability = sitk.Cast(reference, sitk.sitkFloat32) * 0.2
+    drawn = [{"type": "round", "diameter_mm": 5.0, "conspicuity": 0.5, "centre_index": [32, 32, 20]}]
+    (row,) = reference_rows(reference * 0, probability, reference, drawn, subtraction, breast)
+    assert row["found"] is False and row["false_peaks_as_high"] == 2  # the 150- and 200-high blobs, not the 60
+    assert row["blob_score"] > 10.0
+    (brighter,) = reference_rows(reference, probability, reference, drawn,
+                                 blobs_image([(300.0, lesion_centre), *others]), breast)
+    assert brighter["found"] is True and brighter["false_peaks_as_high"] == 0
+    assert blob_rank_tally([row, brighter, {**row, "false_peaks_as_high": 6}]) == [
+        {"size": "20-150 mm3", "found": False, "lesions": 2, "median_false_peaks_as_high": 4.0},
+        {"size": "20-150 mm3", "found": True, "lesions": 1, "median_false_peaks_as_high": 0.0}]
 
 
 @pytest.mark.parametrize("script", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),
