@@ -12,10 +12,11 @@ lesions hide in the noisier subtraction of studies without it), so that the next
 miss: the counterpart of false_positives.py.
 
 Each lesion also gets its blob score (the foci search's difference-of-Gaussians z-score of the subtraction,
-inference/foci.py, at the bundled card's scales) and how many blob peaks of its study's breast that lie away from
-every reference lesion score as high (``false_peaks_as_high``): 0 makes it the most conspicuous blob of its study,
-and a lesion with tens of such peaks stands no higher above the breast's own texture than they do. The last table
-gives the median of that count by size and whether the lesion was found. Prints; asserts nothing.
+inference/foci.py, at the search's default scales, which the bundled card keeps) and how many blob peaks of its
+study's breast that lie away from every reference lesion score as high (``false_peaks_as_high``): 0 makes it the
+most conspicuous blob of its study, and a lesion with tens of such peaks stands no higher above the breast's own
+texture than they do. The last table gives the median of that count by size and whether the lesion was found.
+Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from accuracy import SMALL_LESION_MM3  # benchmarks/ is on the path of a script run from it
-from tuning import segmented_studies, tuning_parser
-
 from scipy import ndimage
+from tuning import segmented_studies, tuning_parser
 
 from BreastSegmentationLib.evaluation.lesions import label_lesions, match_lesion_labels
 from BreastSegmentationLib.inference.foci import FocusSearch, blob_score, candidate_peaks
